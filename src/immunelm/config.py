@@ -1,0 +1,116 @@
+"""Typed configs: pydantic models, loaded from YAML, with ``key=value`` command-line overrides.
+
+Every config class inherits :class:`Config`. Fields carry ``description`` help text (and a
+paper link where a number comes from a paper). Unknown keys are errors, not silently ignored:
+a typo in a YAML file must not quietly fall back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from immunelm.errors import ImmuneLMError
+
+C = TypeVar("C", bound="Config")
+
+
+class Config(BaseModel):
+    """Base for every typed config: strict about unknown keys, validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-4"`` -> (["train", "lr"], 1e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ImmuneLMError(f"override '{text}': expected key=value (e.g. train.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ImmuneLMError(f"override '{text}': the key before '=' is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_nested(data: dict, keys: list[str], value: Any) -> None:
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def _known_keys(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in cls.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, prefix + name + "."))
+    return keys
+
+
+def _explain(error: ValidationError, cls: type[BaseModel], source: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(where, _known_keys(cls), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{source}: unknown field '{where}'{hint}"
+    return f"{source}: field '{where}': {first['msg']} (got {first.get('input')!r})"
+
+
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: dict | None = None,
+) -> C:
+    """Build ``cls`` from defaults <- ``base`` <- YAML file <- overrides (later wins)."""
+    data: dict = dict(base or {})
+    source = "config"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ImmuneLMError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ImmuneLMError(f"{p}: not valid UTF-8 YAML ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ImmuneLMError(f"{p}: expected a mapping of config fields at the top level")
+        data = _deep_merge(data, loaded)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_nested(data, keys, value)
+        source = f"{source} + overrides" if "overrides" not in source else source
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ImmuneLMError(_explain(exc, cls, source)) from exc
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def dump_config(config: BaseModel) -> str:
+    """The fully resolved config as YAML (what a run records beside its outputs)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

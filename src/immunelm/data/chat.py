@@ -1,0 +1,72 @@
+"""Chat formatting through the tokenizer's chat template, with response-only labels.
+
+The prompt part (everything up to and including the assistant header) and the response part
+are tokenised separately and concatenated, so the boundary is exact for any tokenizer and
+the loss can count response tokens only (labels = -100 elsewhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from immunelm.data.examples import Example
+from immunelm.errors import ImmuneLMError
+
+IGNORE_INDEX = -100
+
+
+def _render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool) -> str:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ImmuneLMError(
+            f"tokenizer '{getattr(tokenizer, 'name_or_path', '?')}' has no chat_template; "
+            "pass one with model.chat_template=... or use an instruction-tuned model"
+        )
+    return tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def encode_prompt(tokenizer, messages: Sequence[dict]) -> list[int]:
+    """Token ids of ``messages`` followed by the assistant header (ready to generate)."""
+    text = _render(tokenizer, messages, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_example(tokenizer, example: Example, max_length: int | None = None) -> dict[str, list[int]]:
+    """``input_ids`` and ``labels`` (prompt masked with -100) for one example."""
+    prompt_text = _render(tokenizer, example.prompt_messages, add_generation_prompt=True)
+    full_text = _render(tokenizer, example.messages, add_generation_prompt=False)
+    if not full_text.startswith(prompt_text):
+        raise ImmuneLMError(
+            "chat template renders the prompt differently with and without the response; "
+            "cannot mask prompt tokens reliably"
+        )
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    input_ids = prompt_ids + response_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + list(response_ids)
+    if max_length is not None and len(input_ids) > max_length:
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+@dataclass
+class PaddingCollator:
+    """Right-pads ``input_ids``/``labels`` to the longest row; builds ``attention_mask``."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            ids[i, :n] = torch.tensor(row["input_ids"], dtype=torch.long)
+            labels[i, :n] = torch.tensor(row.get("labels", row["input_ids"]), dtype=torch.long)
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
