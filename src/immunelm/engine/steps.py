@@ -1,0 +1,58 @@
+"""How a method plugs into the engine: a step function, not a copied training loop.
+
+A step function receives the :class:`StepContext` and one micro-batch, runs as many forward
+and backward passes as the method needs (calling ``ctx.backward`` for each loss it wants to
+contribute), and returns a dict of detached scalar metrics. The engine owns everything
+around it: accumulation, clipping, optimiser and scheduler steps, logging, evaluation,
+checkpoints, devices and distributed wrapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from immunelm.data.chat import IGNORE_INDEX
+
+
+@dataclass
+class StepContext:
+    model: torch.nn.Module
+    accelerator: Any
+    step: int  # optimiser steps completed before this one
+    total_steps: int
+    grad_accum: int
+    state: dict[str, Any] = field(default_factory=dict)  # per-run scratch space for methods
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss``, scaled for gradient accumulation."""
+        self.accelerator.backward(loss / self.grad_accum)
+
+
+class TrainStep(Protocol):
+    def __call__(self, ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ...
+
+
+def response_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled (response) tokens."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+class CausalLMStep:
+    """Plain supervised fine-tuning: cross-entropy on response tokens (SFT, SFT attacks)."""
+
+    def __call__(self, ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss = response_token_loss(out.logits, batch["labels"])
+        ctx.backward(loss)
+        return {"loss": loss.detach()}
