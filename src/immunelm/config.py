@@ -76,8 +76,12 @@ def load_config(
     overrides: Sequence[str] = (),
     base: dict | None = None,
 ) -> C:
-    """Build ``cls`` from defaults <- ``base`` <- YAML file <- overrides (later wins)."""
-    data: dict = dict(base or {})
+    """Build ``cls`` from defaults <- ``base`` <- YAML file <- overrides (later wins).
+
+    Nested sections merge key by key, so ``pretrain.lr=1e-3`` changes one field of a nested
+    config and keeps that section's other defaults.
+    """
+    data: dict = _deep_merge(_defaults(cls), base or {})
     source = "config"
     if path is not None:
         source = str(path)
@@ -99,6 +103,13 @@ def load_config(
         return cls.model_validate(data)
     except ValidationError as exc:
         raise ImmuneLMError(_explain(exc, cls, source)) from exc
+
+
+def _defaults(cls: type[BaseModel]) -> dict:
+    try:
+        return cls().model_dump(mode="json")
+    except ValidationError:  # some fields are required: nothing to start from
+        return {}
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
