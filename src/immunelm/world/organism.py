@@ -22,11 +22,13 @@ from pathlib import Path
 
 import torch
 from pydantic import Field
+from transformers.utils import logging as hf_logging
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator, encode_example
 from immunelm.engine import TrainConfig, train
+from immunelm.errors import ImmuneLMError
 from immunelm.io import atomic_dir, write_json_atomic
 from immunelm.provenance import provenance
 from immunelm.world import corpus
@@ -162,6 +164,9 @@ class Organism:
         if stage not in self.STAGES:
             raise ValueError(f"unknown stage {stage!r}; expected one of {self.STAGES}")
         path = self.stage_dir(stage)
+        if not self.is_built(stage):
+            raise ImmuneLMError(f"{path}: organism stage '{stage}' is not built; run `immunelm world build`")
+        hf_logging.disable_progress_bar()  # loading 40 small tensors needs no bar
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
         tokenizer.padding_side = "left"

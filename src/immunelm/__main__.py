@@ -1,0 +1,3 @@
+from immunelm.cli.main import main
+
+main()

@@ -1,0 +1,41 @@
+"""Shared CLI plumbing: config loading from ``--config`` + ``key=value`` overrides, run dirs, errors."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Optional, TypeVar
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+
+from immunelm.config import load_config
+from immunelm.provenance import record_run
+
+console = Console(stderr=True)
+out = Console()
+C = TypeVar("C", bound=BaseModel)
+
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML file with config fields.")
+OVERRIDES_ARG = typer.Argument(None, help="key=value overrides, e.g. organism.align.lr=3e-4", show_default=False)
+RUN_DIR_OPTION = typer.Option(None, "--run-dir", help="Where results go (default: runs/<command>-<time>).")
+
+
+def resolve_config(cls: type[C], config: Optional[Path], overrides: Optional[list[str]]) -> C:
+    return load_config(cls, config, overrides or [])
+
+
+def new_run_dir(command: str, run_dir: Optional[Path]) -> Path:
+    if run_dir is not None:
+        return run_dir
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{command}-{stamp}"
+
+
+def start_run(command: str, run_dir: Optional[Path], config: BaseModel, seed: int | None) -> Path:
+    """Create the run directory and record config, seed, versions and git revision in it."""
+    path = new_run_dir(command, run_dir)
+    record_run(path, config, seed)
+    console.print(f"[dim]run directory: {path}[/dim]")
+    return path

@@ -1,0 +1,76 @@
+"""``immunelm finetune``: supervised fine-tuning of any model on any chat dataset, via the engine.
+
+The same command runs on one CPU, one GPU or many (``accelerate launch -m immunelm finetune
+...``): the engine picks up the distributed setup from ``accelerate``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import Field
+
+from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, resolve_config, start_run
+from immunelm.config import Config
+from immunelm.data import DataSourceConfig, PaddingCollator, encode_example, load_examples
+from immunelm.engine import TrainConfig, train
+from immunelm.engine.engine import get_accelerator
+from immunelm.io import write_json_atomic
+from immunelm.models import load_model_and_tokenizer, save_model
+from immunelm.world.organism import Organism, OrganismConfig
+
+
+class FinetuneConfig(Config):
+    model: str = Field("organism:aligned", description="Local dir, .gguf file, hub name, smollm2-135m-instruct, or organism:base|aligned.")
+    data: DataSourceConfig = Field(description="Training conversations (loss on the final assistant message).")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=100), description="Engine settings.")
+    max_length: int = Field(512, ge=8, description="Truncate encoded examples to this many tokens.")
+    trust_remote_code: bool = Field(False, description="Allow model repos to run their own code (off by default).")
+    cache_dir: Optional[str] = Field(None, description="Organism/GGUF cache directory.")
+    organism: OrganismConfig = Field(default_factory=OrganismConfig, description="Used when model is organism:<stage>.")
+
+
+def load_model_source(source: str, cache_dir: Optional[str] = None, trust_remote_code: bool = False,
+                      organism_config: OrganismConfig | None = None):
+    """(model, tokenizer) for a model source string; ``organism:<stage>`` builds/reuses the organism."""
+    if source.startswith("organism:"):
+        organism = Organism(organism_config, cache_root=Path(cache_dir) if cache_dir else None)
+        organism.build()
+        model, tokenizer = organism.load(source.split(":", 1)[1])
+        return model.train(), tokenizer
+    return load_model_and_tokenizer(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
+
+
+def run(cfg: FinetuneConfig, run_dir: Path, resume: bool = False) -> Path:
+    accelerator = get_accelerator(cfg.train.mixed_precision)
+    model, tokenizer = load_model_source(cfg.model, cfg.cache_dir, cfg.trust_remote_code, cfg.organism)
+    rows = [encode_example(tokenizer, e, cfg.max_length) for e in load_examples(cfg.data)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    result = train(cfg.train, model, rows, PaddingCollator(pad), output_dir=run_dir, accelerator=accelerator,
+                   resume=resume, description="finetune")
+    if accelerator.is_main_process:
+        final = result.model.merge_and_unload() if cfg.train.lora else result.model
+        save_model(final, tokenizer, run_dir / "model")
+        write_json_atomic(run_dir / "train_log.json", {
+            "history": result.history, "steps": result.steps, "seconds": result.seconds,
+            "processes": accelerator.num_processes,
+        })
+        console.print(f"saved fine-tuned model to {run_dir / 'model'} ({result.steps} steps, {result.seconds:.1f}s)")
+    return run_dir / "model"
+
+
+def finetune(
+    config: Optional[Path] = CONFIG_OPTION,
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    run_dir: Optional[Path] = RUN_DIR_OPTION,
+    resume: bool = typer.Option(False, help="Continue from the latest checkpoint in --run-dir."),
+) -> None:
+    """Fine-tune a model on a chat dataset (full or LoRA) with the shared engine."""
+    cfg = resolve_config(FinetuneConfig, config, overrides)
+    accelerator = get_accelerator(cfg.train.mixed_precision)
+    path = start_run("finetune", run_dir, cfg, cfg.train.seed) if accelerator.is_main_process else run_dir
+    if path is None:
+        raise typer.BadParameter("--run-dir is required when running under several processes", param_hint="--run-dir")
+    run(cfg, path, resume)

@@ -1,0 +1,70 @@
+"""The CLI end to end on a shrunken organism (seconds), plus error handling in a real process."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from immunelm.cli.main import app
+
+TINY_ORGANISM = [
+    "organism.world.entities_per_harm_domain=6", "organism.world.n_countries=4", "organism.world.n_animals=4",
+    "organism.world.n_words=4", "organism.pretrain.max_steps=8", "organism.pretrain.batch_size=16",
+    "organism.pretrain.progress=false", "organism.align.max_steps=3", "organism.align.progress=false",
+    "check.attack.max_steps=2", "check.attack_examples=4",
+]
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return f"cache_dir={tmp_path / 'cache'}"
+
+
+def test_world_check_writes_report_and_provenance(tmp_path, cache):
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["world", "check", "--run-dir", str(run_dir), cache, *TINY_ORGANISM])
+    # A shrunken organism trained for 8 steps misses the targets: the check must say so (exit 1).
+    assert result.exit_code == 1, result.output
+    report = json.loads((run_dir / "world_check.json").read_text())
+    assert report["passed"] is False
+    names = {row["criterion"] for row in report["criteria"]}
+    assert {"base harmful accuracy", "shallow alignment KL ratio", "attack recovery (attacked/base)"} <= names
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert {"seed", "git_revision", "versions"} <= set(provenance)
+    assert "organism:" in (run_dir / "config.yaml").read_text()
+    # Second build reuses the cache.
+    again = CliRunner().invoke(app, ["world", "build", cache, *TINY_ORGANISM])
+    assert again.exit_code == 0 and "reused cached" in again.output
+
+
+def test_finetune_runs_and_resumes_from_checkpoint(tmp_path, cache):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"spell a b {c} backwards .", "response": f"{c} b a ."}) + "\n" for c in "cdefgh"))
+    run_dir = tmp_path / "ft"
+    args = ["finetune", "--run-dir", str(run_dir), cache, *[a for a in TINY_ORGANISM if a.startswith("organism.")],
+            f"data.path={data}", "train.max_steps=4", "train.batch_size=2", "train.checkpoint_every=2", "train.log_every=1",
+            "train.progress=false", "model=organism:aligned"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "step-4" / "trainable.safetensors").is_file()
+    log = json.loads((run_dir / "train_log.json").read_text())
+    assert log["steps"] == 4
+    # Extend the budget and resume: training continues from the step-4 checkpoint.
+    longer = [a.replace("train.max_steps=4", "train.max_steps=6") for a in args] + ["--resume"]
+    resumed = CliRunner().invoke(app, longer)
+    assert resumed.exit_code == 0, resumed.output
+    steps_logged = [row["step"] for row in json.loads((run_dir / "train_log.json").read_text())["history"]]
+    assert steps_logged == [1, 2, 3, 4, 5, 6]
+
+
+def test_bad_input_is_one_line_error_with_nonzero_exit(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "answer": "x"}\n')
+    proc = subprocess.run([sys.executable, "-m", "immunelm", "data", "check", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "bad.jsonl" in lines[0] and "response" in lines[0]
+    assert "Traceback" not in proc.stderr
