@@ -8,15 +8,18 @@ a typo in a YAML file must not quietly fall back to a default.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import to_jsonable_python
 
 from immunelm.errors import ImmuneLMError
 
 C = TypeVar("C", bound="Config")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class Config(BaseModel):
@@ -36,6 +39,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads "1e-4" as a string; users mean a number
     return key.strip().split("."), value
 
 
@@ -106,10 +111,19 @@ def load_config(
 
 
 def _defaults(cls: type[BaseModel]) -> dict:
-    try:
-        return cls().model_dump(mode="json")
-    except ValidationError:  # some fields are required: nothing to start from
-        return {}
+    """Every default of ``cls`` as plain data, recursing into nested configs.
+
+    Done field by field (not ``cls()``) so that a config with a required field still
+    contributes its nested sections' default factories: otherwise ``pretrain.lr=...`` would
+    rebuild ``pretrain`` from the generic class defaults and silently drop the section's own.
+    """
+    out: dict = {}
+    for name, field in cls.model_fields.items():
+        if not field.is_required():
+            out[name] = to_jsonable_python(field.get_default(call_default_factory=True))
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out[name] = _defaults(field.annotation)
+    return out
 
 
 def _deep_merge(a: dict, b: dict) -> dict:

@@ -45,7 +45,8 @@ def load_model_source(source: str, cache_dir: Optional[str] = None, trust_remote
 
 def run(cfg: FinetuneConfig, run_dir: Path, resume: bool = False) -> Path:
     accelerator = get_accelerator(cfg.train.mixed_precision)
-    model, tokenizer = load_model_source(cfg.model, cfg.cache_dir, cfg.trust_remote_code, cfg.organism)
+    with accelerator.main_process_first():  # one process builds/converts caches, the others reuse them
+        model, tokenizer = load_model_source(cfg.model, cfg.cache_dir, cfg.trust_remote_code, cfg.organism)
     rows = [encode_example(tokenizer, e, cfg.max_length) for e in load_examples(cfg.data)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     result = train(cfg.train, model, rows, PaddingCollator(pad), output_dir=run_dir, accelerator=accelerator,
