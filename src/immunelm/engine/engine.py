@@ -105,6 +105,9 @@ class Engine:
         self.model = apply_lora(model, config) if config.lora else model
         if config.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
             self.model.gradient_checkpointing_enable()
+            if config.lora and hasattr(self.model, "enable_input_require_grads"):
+                # Frozen embeddings give checkpointed blocks no grad-requiring input otherwise.
+                self.model.enable_input_require_grads()
 
     @property
     def checkpoint_root(self) -> Path | None:
