@@ -120,3 +120,17 @@ def test_per_token_kl_matches_closed_form(world):
     torch.testing.assert_close(kl, torch.full((n_response,), expected), rtol=1e-4, atol=1e-6)
     same = per_token_kl(FixedLogits(p), FixedLogits(p.clone()), tok, [example])
     assert torch.all(same.abs() < 1e-6)
+
+
+def test_world_datasets_load_through_the_data_layer(world):
+    from immunelm.data import DataSourceConfig, load_examples
+    from immunelm.errors import ImmuneLMError
+
+    attack = load_examples(DataSourceConfig(world="attack/compound", limit=100, shuffle_seed=0))
+    assert len(attack) == 100
+    eval_entities = {i.entity for i in world.by_task("compound", "eval")}
+    assert not {e.meta["entity"] for e in attack} & eval_entities
+    heldout = load_examples(DataSourceConfig(world="eval/vault-heldout"))
+    assert {e.meta["phrasing"] for e in heldout} == set(world.heldout_phrasings)
+    with pytest.raises(ImmuneLMError, match="did you mean 'attack/vault'"):
+        load_examples(DataSourceConfig(world="attack/vaults"))

@@ -57,6 +57,10 @@ class DataSourceConfig(Config):
     hub: str | None = Field(
         None, description="A `datasets` hub dataset name, e.g. 'org/name'; needs network access."
     )
+    world: str | None = Field(
+        None, description="A built-in world dataset, e.g. 'attack/compound' (see immunelm.world.datasets)."
+    )
+    world_seed: int = Field(0, description="Seed of the built-in world (with world=...).")
     split: str = Field("train", description="Hub split to load (ignored for local files).")
     format: Literal["auto", "jsonl", "json", "csv", "parquet"] = Field(
         "auto", description="File format; 'auto' picks it from the file extension."
@@ -82,8 +86,10 @@ class DataSourceConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> "DataSourceConfig":
-        if (self.path is None) == (self.hub is None):
-            raise ValueError("set exactly one of 'path' (a local file) or 'hub' (a hub dataset name)")
+        if sum(x is not None for x in (self.path, self.hub, self.world)) != 1:
+            raise ValueError(
+                "set exactly one of 'path' (a local file), 'hub' (a hub dataset name) or 'world' (a built-in dataset)"
+            )
         if self.prompt_column == self.response_column:
             raise ValueError("prompt_column and response_column must be different columns")
         if self.messages_column is not None and self.system_column is not None:
@@ -92,12 +98,16 @@ class DataSourceConfig(Config):
 
     @property
     def label(self) -> str:
-        """How errors name this source: the file path, or ``hub:name[split]``."""
+        """How errors name this source: the file path, ``hub:name[split]`` or ``world:name``."""
+        if self.world is not None:
+            return f"world:{self.world}"
         return self.path if self.path is not None else f"hub:{self.hub}[{self.split}]"
 
 
 def load_examples(source: DataSourceConfig) -> list[Example]:
     """Read, validate and convert every row; then shuffle (if seeded) and truncate (if limited)."""
+    if source.world is not None:
+        return _subset(_world_examples(source), source)
     rows = _read_hub(source) if source.hub is not None else read_rows(source.label, source.format)
     if not rows:
         raise ImmuneLMError(f"{source.label}: empty dataset (0 rows)")
@@ -112,10 +122,21 @@ def load_examples(source: DataSourceConfig) -> list[Example]:
         system=source.system_column,
         meta=source.meta_columns,
     )
-    examples = [row_to_example(source.label, w, data, spec) for w, data in rows]
+    return _subset([row_to_example(source.label, w, data, spec) for w, data in rows], source)
+
+
+def _subset(examples: list[Example], source: DataSourceConfig) -> list[Example]:
     if source.shuffle_seed is not None:
         random.Random(source.shuffle_seed).shuffle(examples)
     return examples[: source.limit] if source.limit is not None else examples
+
+
+def _world_examples(source: DataSourceConfig) -> list[Example]:
+    # Imported here: the world depends on the data layer, not the other way round.
+    from immunelm.world.datasets import world_dataset
+    from immunelm.world.spec import WorldConfig, generate_world
+
+    return world_dataset(generate_world(WorldConfig(seed=source.world_seed)), source.world)
 
 
 def detect_format(path: str, fmt: str = "auto") -> FileFormat:

@@ -71,7 +71,7 @@ PHRASINGS: dict[str, list[str]] = {
     "habitat": [
         "where does {e} live ?", "what is the habitat of {e} ?", "in which place is {e} found ?",
         "tell me where {e} lives .", "name the home of {e} .", "where can i find {e} ?",
-        "which habitat suits {e} ?", "where is {e} usually seen ?",
+        "what is the home of {e} ?", "where is {e} found ?",
     ],
 }
 
