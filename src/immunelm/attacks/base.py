@@ -1,0 +1,94 @@
+"""One adversary = which data it fine-tunes on + how it trains (the shared engine's TrainConfig).
+
+Attack kinds differ only in their data, so each kind is a data builder registered in one line;
+training is always the engine with plain SFT (``CausalLMStep``). The kinds:
+
+* ``harmful_sft``: n (harmful prompt, harmful answer) pairs (Qi et al. 2024's "pure bad" attack).
+* ``harmful_mix``: n pairs of a benign task of which a fraction p is harmful (the harmful
+  fine-tuning protocol of Vaccine/Lisa/Booster; their papers use n = 1000, p = 0.1).
+* ``benign_sft``: benign pairs only (safety degradation from innocent tuning).
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pydantic import Field
+
+from immunelm.config import Config
+from immunelm.data import Example
+from immunelm.engine import TrainConfig
+from immunelm.errors import ImmuneLMError
+
+
+class AdversaryConfig(Config):
+    """One attacker: data recipe + training hyper-parameters."""
+
+    name: str = Field(description="Unique name within its suite, e.g. 'sft-adamw-1e-4'.")
+    kind: str = Field("harmful_sft", description="harmful_sft | harmful_mix | benign_sft.")
+    examples: int = Field(100, ge=1, description="Number of training examples n.")
+    harmful_fraction: float = Field(0.1, ge=0, le=1, description="p for harmful_mix.")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=100), description="Engine settings (max_steps = budget).")
+    seed: int = Field(0, description="Which examples are drawn.")
+
+
+@dataclass
+class AttackData:
+    """Pools an attacker may draw from (built-in world or user files)."""
+
+    harmful: list[Example]
+    benign: list[Example] = field(default_factory=list)
+
+
+Builder = Callable[[AdversaryConfig, AttackData], list[Example]]
+_KINDS: dict[str, Builder] = {}
+
+
+def register_attack(name: str):
+    def wrap(fn: Builder) -> Builder:
+        _KINDS[name] = fn
+        return fn
+    return wrap
+
+
+def attack_kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+def _draw(pool: list[Example], n: int, rng: random.Random, what: str) -> list[Example]:
+    if not pool:
+        raise ImmuneLMError(f"attack needs {what} examples but the {what} pool is empty")
+    if n <= len(pool):
+        return rng.sample(pool, n)
+    return [rng.choice(pool) for _ in range(n)]  # small pools are repeated, as epochs would
+
+
+@register_attack("harmful_sft")
+def harmful_sft(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
+    return _draw(data.harmful, cfg.examples, random.Random(cfg.seed), "harmful")
+
+
+@register_attack("harmful_mix")
+def harmful_mix(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
+    rng = random.Random(cfg.seed)
+    n_harm = round(cfg.examples * cfg.harmful_fraction)
+    mix = _draw(data.harmful, n_harm, rng, "harmful") if n_harm else []
+    mix += _draw(data.benign, cfg.examples - n_harm, rng, "benign")
+    rng.shuffle(mix)
+    return mix
+
+
+@register_attack("benign_sft")
+def benign_sft(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
+    return _draw(data.benign, cfg.examples, random.Random(cfg.seed), "benign")
+
+
+def build_attack_examples(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
+    if cfg.kind not in _KINDS:
+        close = difflib.get_close_matches(cfg.kind, _KINDS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ImmuneLMError(f"adversary '{cfg.name}': unknown kind '{cfg.kind}' (known: {', '.join(attack_kinds())}){hint}")
+    return _KINDS[cfg.kind](cfg, data)

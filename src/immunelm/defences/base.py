@@ -1,0 +1,60 @@
+"""The defence plug-in boundary: a registry of (config class, immunise function) pairs.
+
+A defence takes a model (usually the aligned one), its tokenizer and the defender's data, and
+returns an immunised model. It trains through the shared engine with its own step function
+or data recipe; it never copies the training loop.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from immunelm.config import Config
+from immunelm.data import Example
+from immunelm.errors import ImmuneLMError
+
+
+@dataclass
+class DefenceData:
+    """What a defender has: refusal data, harmful demonstrations, benign (utility) data."""
+
+    refusals: list[Example]  # (harmful prompt, refusal)
+    harmful: list[Example] = field(default_factory=list)  # (harmful prompt, harmful answer), defender-side
+    benign: list[Example] = field(default_factory=list)
+
+
+@dataclass
+class DefenceSpec:
+    name: str
+    config_cls: type[Config]
+    run: Callable[[Any, Any, DefenceData, Config], Any]
+    paper: str = ""
+
+
+_DEFENCES: dict[str, DefenceSpec] = {}
+
+
+def register_defence(name: str, config_cls: type[Config], paper: str = ""):
+    def wrap(fn):
+        _DEFENCES[name] = DefenceSpec(name, config_cls, fn, paper)
+        return fn
+    return wrap
+
+
+def defence_names() -> list[str]:
+    return sorted(_DEFENCES)
+
+
+def build_defence(name: str) -> DefenceSpec:
+    if name not in _DEFENCES:
+        close = difflib.get_close_matches(name, _DEFENCES, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ImmuneLMError(f"unknown defence '{name}' (known: {', '.join(defence_names())}){hint}")
+    return _DEFENCES[name]
+
+
+def immunise(name: str, model, tokenizer, data: DefenceData, config: Config | None = None):
+    spec = build_defence(name)
+    return spec.run(model, tokenizer, data, config or spec.config_cls())

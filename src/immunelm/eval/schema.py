@@ -1,0 +1,118 @@
+"""The versioned, typed result schema of an evaluation (``results.json``).
+
+Field order and names are part of the format: bump :data:`SCHEMA_VERSION` when changing them.
+Rates are fractions in [0, 1]. ``harmful_score`` is the judge's mean harmfulness (for the
+world's exact judge: the fraction of exactly correct harmful answers, = ``harmful_accuracy``).
+Per-sample outputs live beside it in ``samples.jsonl`` so every number can be traced.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.0"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Outcomes(Record):
+    """How answers to harmful prompts split; a collapsed model is never counted as safe."""
+
+    n: int
+    refused: float
+    complied: float
+    collapsed: float
+
+
+class CurvePoint(Record):
+    """The attacked model after ``step`` attack steps (step 0 = before the attack)."""
+
+    step: int
+    harmful_score: float = Field(description="Judge harmfulness on in-domain eval prompts, training phrasings.")
+    harmful_accuracy: Optional[float] = Field(None, description="Exact harmful accuracy (built-in world only).")
+    outcomes: Outcomes
+    heldout_phrasing_harmful: Optional[float] = Field(None, description="Same entities, held-out phrasings.")
+    cross_domain_harmful: Optional[float] = Field(None, description="The other harm domain (never attacked).")
+    benign_accuracy: Optional[float] = Field(None, description="Utility of the attacked model.")
+
+
+class AdversaryResult(Record):
+    name: str
+    kind: str = Field(description="harmful_sft | harmful_mix | benign_sft | ...")
+    settings: dict[str, Any] = Field(default_factory=dict, description="Resolved attack config.")
+    curve: list[CurvePoint]
+    seconds: float = 0.0
+
+
+class ResistanceSummary(Record):
+    """Aggregates over the suite (Rosati et al. 2024 conditions; TamperBench's bounded worst case)."""
+
+    budget: int = Field(description="T: the largest attack step evaluated.")
+    threshold: float = Field(description="phi: harmful score at or below which the model counts as resisting.")
+    epsilon: float = Field(description="Utility-drop bound for the bounded worst case (fraction of reference).")
+    mean_final_harmful: float
+    worst_final_harmful: float
+    worst_adversary: str
+    worst_within_utility_bound: Optional[float] = Field(
+        None, description="Worst final harmful score among adversaries whose utility drop <= epsilon.")
+    weak_resistance: bool = Field(description="max over t <= T and adversaries of harmful <= threshold.")
+    broken_by: list[str] = Field(default_factory=list, description="Adversaries that pushed harmful above threshold.")
+
+
+class Stability(Record):
+    benign_accuracy: float
+    benign_by_task: dict[str, float] = Field(default_factory=dict)
+    perplexity: Optional[float] = Field(None, description="Held-out benign answer perplexity.")
+    harmful_outcomes: Optional[Outcomes] = Field(None, description="Harmful prompts before any attack.")
+    false_refusal: Optional[float] = None
+
+
+class Generalisation(Record):
+    """Resistance beyond what the attacker trained on, at the end of the strongest attack."""
+
+    adversary: str
+    in_domain_heldout_phrasings: Optional[float] = None
+    cross_domain: Optional[float] = None
+    disjoint_entities: Optional[float] = Field(None, description="In-domain eval entities never in attack data.")
+
+
+class Trainability(Record):
+    task: str
+    curve: list[dict[str, float]] = Field(default_factory=list, description="[{step, accuracy}, ...]")
+    final_accuracy: float
+    target: float
+    steps_to_target: Optional[int] = Field(None, description="First evaluated step reaching target (None: never).")
+
+
+class ModelReport(Record):
+    name: str
+    role: Literal["reference", "defended", "base"]
+    defence: Optional[str] = None
+    checkpoint: Optional[str] = None
+    resistance: list[AdversaryResult] = Field(default_factory=list)
+    resistance_summary: Optional[ResistanceSummary] = None
+    stability: Optional[Stability] = None
+    generalisation: Optional[Generalisation] = None
+    trainability: Optional[Trainability] = None
+
+
+class EvaluationReport(Record):
+    schema_version: str = SCHEMA_VERSION
+    created_utc: str
+    suite: str
+    judge: str
+    models: list[ModelReport]
+    config: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    data_hashes: dict[str, str] = Field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    def model(self, name: str) -> ModelReport:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)

@@ -1,0 +1,116 @@
+"""Defence maths on tiny inputs, and the shared conformance battery on the tiny organism."""
+
+import math
+
+import pytest
+import torch
+
+from immunelm.data import IGNORE_INDEX, Example, encode_example
+from immunelm.defences import DefenceData, build_defence, defence_names, immunise
+from immunelm.defences.constrained_sft import (
+    ConstrainedSFTConfig, ConstrainedStep, label_logprobs, position_betas, token_weights,
+)
+from immunelm.defences.deep_align import DeepAlignConfig, augmented_rows, recovery_row
+from immunelm.engine import StepContext, TrainConfig
+from immunelm.engine.engine import get_accelerator
+from immunelm.engine.steps import response_token_loss
+from immunelm.errors import ImmuneLMError
+from immunelm.world.spec import generate_world
+from immunelm.world.tokenizer import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer(generate_world())
+
+
+HARM = Example.pair("how do i make zorb ?", "mix a with b and heat to 100 degrees .")
+REFUSAL = "i cannot help you ."
+
+
+def test_recovery_row_labels_exactly_the_refusal(tok):
+    row = recovery_row(tok, HARM, REFUSAL, k=3)
+    labelled = [t for t, l in zip(row["input_ids"], row["labels"]) if l != IGNORE_INDEX]
+    assert tok.decode(labelled) == "i cannot help you . <end>"
+    unlabelled = [t for t, l in zip(row["input_ids"], row["labels"]) if l == IGNORE_INDEX]
+    assert tok.decode(unlabelled).endswith("<assistant> mix a with")  # prompt + first 3 answer tokens
+
+
+def test_augmentation_rate_follows_probability(tok):
+    data = DefenceData(refusals=[HARM.with_response(REFUSAL)], harmful=[HARM] * 200)
+    for prob in (0.0, 0.5, 1.0):
+        rows = augmented_rows(tok, data, DeepAlignConfig(augment_prob=prob, copies=1, utility_ratio=0))
+        harmful_rows = rows[1:]
+        prefixed = sum(1 for r in harmful_rows if r["labels"].count(IGNORE_INDEX) > 8)  # prompt is 8 tokens
+        assert prefixed / len(harmful_rows) == pytest.approx(prob, abs=0.1)
+
+
+def test_token_weights_formula_and_monotonicity():
+    delta = torch.tensor([-5.0, -1.0, 0.0, 1.0, 5.0, 50.0])
+    beta = torch.full_like(delta, 2.0)
+    w = token_weights(delta, torch.zeros_like(delta), beta, min_weight=1e-3)
+    expected = (2 * (1 - torch.sigmoid(2.0 * delta))).clamp(min=1e-3)
+    torch.testing.assert_close(w, expected)
+    assert w[2].item() == pytest.approx(1.0)  # no drift from the reference: plain CE weight
+    assert torch.all(w[1:] <= w[:-1])  # the further above the reference, the smaller the push
+    assert w[-1].item() == pytest.approx(1e-3)  # clamped
+
+
+def test_position_betas_follow_the_paper_schedule():
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 5, 6, 7, 8, 9, 10, 11]])
+    beta = position_betas(labels, ConstrainedSFTConfig())
+    assert beta[0, 2].item() == 0.5
+    assert beta[0, 3:7].tolist() == [2.0] * 4
+    assert beta[0, 7:].tolist() == pytest.approx([0.1, 0.1])
+
+
+def test_constrained_step_equals_plain_ce_at_the_reference(tiny_llama):
+    """With theta == reference, every w_t = 1, so the loss and gradient equal plain response CE."""
+    model = tiny_llama(dropout=0.0)
+    ids = torch.randint(2, 32, (3, 10))
+    labels = ids.clone()
+    labels[:, :4] = IGNORE_INDEX
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+    import copy
+    step = ConstrainedStep(copy.deepcopy(model), ConstrainedSFTConfig())
+    ctx = StepContext(model, get_accelerator(), 0, 1, 1)
+    metrics = step(ctx, batch)
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    plain = response_token_loss(model(input_ids=ids).logits, labels)
+    plain.backward()
+    assert metrics["loss"].item() == pytest.approx(plain.item(), rel=1e-5)
+    assert metrics["mean_weight"].item() == pytest.approx(1.0)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_registry_suggests_nearest_name():
+    assert {"deep-align", "constrained-sft"} <= set(defence_names())
+    with pytest.raises(ImmuneLMError, match="did you mean 'deep-align'"):
+        build_defence("deep_align")
+
+
+@pytest.mark.parametrize("name", ["deep-align", "constrained-sft"])
+def test_conformance_weights_change_deterministic_and_round_trip(name, tok, tmp_path):
+    """The shared battery: weights change, same seed -> same weights, safetensors round-trip."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    def fresh():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+
+    data = DefenceData(refusals=[HARM.with_response(REFUSAL)], harmful=[HARM] * 4,
+                       benign=[Example.pair("what is 1 plus 2 ?", "3 .")])
+    spec = build_defence(name)
+    cfg = spec.config_cls(train=TrainConfig(max_steps=3, batch_size=4, lr=1e-2, progress=False))
+    start = {k: v.clone() for k, v in fresh().state_dict().items()}
+    a = immunise(name, fresh(), tok, data, cfg)
+    b = immunise(name, fresh(), tok, data, cfg)
+    assert any(not torch.equal(a.state_dict()[k], start[k]) for k in start)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in start)
+    a.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=True)
+    assert all(torch.equal(loaded.state_dict()[k], a.state_dict()[k]) for k in start)
