@@ -32,7 +32,7 @@ cmd="${1:-}"
 shift || true
 case "$cmd" in
   demo)  setup; exec "$VENV/bin/immunelm" demo "$@" ;;
-  test)  setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  test)  setup; sh scripts/install_chromium.sh; exec "$VENV/bin/python" -m pytest -q "$@" ;;
   slow)  setup; setup_smollm2; exec "$VENV/bin/python" -m pytest -q -m slow "$@" ;;
   bench) setup; exec "$VENV/bin/python" benchmarks/run_all.py "$@" ;;
   *) echo "usage: ./dev.sh demo|test|slow|bench [args...]" >&2; exit 2 ;;

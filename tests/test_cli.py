@@ -68,3 +68,39 @@ def test_bad_input_is_one_line_error_with_nonzero_exit(tmp_path):
     lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and "bad.jsonl" in lines[0] and "response" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_immunise_evaluate_and_report_end_to_end(tmp_path, cache):
+    """immunise -> evaluate (two models, custom two-adversary suite) -> results.json + report.html -> report."""
+    organism = [a for a in TINY_ORGANISM if a.startswith("organism.")]
+    imm_dir = tmp_path / "imm"
+    result = CliRunner().invoke(app, ["immunise", "deep-align", "--run-dir", str(imm_dir), cache, *organism,
+                                      "defence.train.max_steps=2", "defence.train.progress=false"])
+    assert result.exit_code == 0, result.output
+    assert (imm_dir / "model" / "model.safetensors").is_file() and (imm_dir / "immunise.json").is_file()
+
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(
+        "name: tiny\nbudget: 2\neval_at: [0, 2]\ndefaults: {train: {progress: false, batch_size: 4}}\n"
+        "adversaries:\n  - {name: sft, examples: 4}\n  - {name: lora, examples: 4, train: {lora: {r: 2, alpha: 4}}}\n")
+    run_dir = tmp_path / "eval"
+    result = CliRunner().invoke(app, [
+        "evaluate", "--run-dir", str(run_dir), "-m", "aligned=organism:aligned", "-m", f"imm={imm_dir / 'model'}",
+        cache, *organism, f"evaluation.suite={suite}", "evaluation.trainability.train.max_steps=2",
+        "evaluation.trainability.eval_at=[0,2]", "evaluation.generation.progress=false"])
+    assert result.exit_code == 0, result.output
+    from immunelm.report import load_report
+
+    report = load_report(run_dir)
+    assert [m.name for m in report.models] == ["aligned", "imm"] and report.models[0].role == "reference"
+    model = report.models[1]
+    assert [a.name for a in model.resistance] == ["sft", "lora"]
+    assert [p.step for p in model.resistance[0].curve] == [0, 2]
+    assert model.trainability.curve[-1]["step"] == 2 and model.stability is not None
+    samples = (run_dir / "samples.jsonl").read_text().splitlines()
+    assert len(samples) > 100 and json.loads(samples[0])["model"] == "aligned"
+    html = (run_dir / "report.html").read_text()
+    assert "imm" in html and "lora" in html
+    (run_dir / "report.html").unlink()
+    again = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert again.exit_code == 0 and (run_dir / "report.html").is_file()

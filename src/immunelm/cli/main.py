@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from immunelm.cli import evaluate as evaluate_cmd
 from immunelm.cli import finetune as finetune_cmd
+from immunelm.cli import immunise as immunise_cmd
 from immunelm.cli import inspect as inspect_cmd
+from immunelm.cli import report as report_cmd
 from immunelm.cli import world as world_cmd
 from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, resolve_config, start_run
 from immunelm.errors import ImmuneLMError
@@ -26,17 +30,32 @@ model_app = typer.Typer(help="Inspect models.", no_args_is_help=True)
 model_app.command("inspect")(inspect_cmd.model_inspect)
 app.add_typer(model_app, name="model")
 app.command("finetune")(finetune_cmd.finetune)
+app.command("immunise")(immunise_cmd.immunise)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("report")(report_cmd.report)
+
+
+class DemoConfig(evaluate_cmd.EvaluateConfig):
+    defence: str = "deep-align"
+    defence_config: dict = {}
 
 
 @app.command()
 def demo(config: Optional[Path] = CONFIG_OPTION, overrides: Optional[list[str]] = OVERRIDES_ARG,
          run_dir: Optional[Path] = RUN_DIR_OPTION) -> None:
-    """The main job on the embedded default: build (or reuse) the organism and check it."""
-    cfg = resolve_config(world_cmd.WorldRunConfig, config, overrides)
+    """The main job on the embedded default: organism -> immunise -> attack both (quick suite) -> report."""
+    cfg = resolve_config(DemoConfig, config, overrides)
     path = start_run("demo", run_dir, cfg, cfg.organism.seed)
-    report = world_cmd.check_organism(cfg, path)
-    console.print(f"results: {path / 'world_check.json'}")
-    raise typer.Exit(0 if report["passed"] else 1)
+    started = time.perf_counter()
+    world_cmd.build_organism(world_cmd.WorldRunConfig(organism=cfg.organism, cache_dir=cfg.cache_dir))
+    immunise_cfg = immunise_cmd.ImmuniseConfig(defence=cfg.defence_config, organism=cfg.organism, cache_dir=cfg.cache_dir)
+    checkpoint = immunise_cmd.run_immunise(cfg.defence, immunise_cfg, path / "immunised")
+    cfg.models = [
+        evaluate_cmd.ModelSpec(name="aligned", source="organism:aligned", role="reference"),
+        evaluate_cmd.ModelSpec(name=cfg.defence, source=str(checkpoint), role="defended", defence=cfg.defence),
+    ]
+    evaluate_cmd.run_evaluation(cfg, path)
+    console.print(f"demo finished in {time.perf_counter() - started:.0f}s; results in {path}")
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Evaluation: batched generation and the judges that score what a model says."""

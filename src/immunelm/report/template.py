@@ -1,0 +1,115 @@
+"""The report's Jinja2 template, kept as a Python string so no package-data rule is needed.
+
+Rendered with autoescaping on: every model, adversary and defence name is user input.
+"""
+
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ImmuneLM report: {{ report.suite }}</title>
+<style>
+  body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
+         margin: 0 auto; padding: 24px 32px 48px; max-width: 1400px; }
+  h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 32px 0 8px; border-bottom: 1px solid #ddd; }
+  h3 { font-size: 14px; margin: 18px 0 6px; }
+  .meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 10px 0; font-size: 13px; }
+  .meta dt { color: #666; } .meta dd { margin: 0; font-family: ui-monospace, Menlo, monospace; word-break: break-all; }
+  .note { color: #555; font-size: 12.5px; max-width: 900px; }
+  .scroll { overflow-x: auto; }
+  table { border-collapse: collapse; font-size: 13px; margin: 6px 0 4px; }
+  th, td { border: 1px solid #d6d6d6; padding: 4px 8px; text-align: right; vertical-align: top; }
+  td { white-space: nowrap; } td small { color: #666; display: block; font-size: 11px; }
+  th { background: #f3f3f3; font-weight: 600; font-size: 12px; max-width: 120px; }
+  td.name, th.name { text-align: left; } td.name { font-weight: 600; white-space: normal; overflow-wrap: anywhere; min-width: 70px; max-width: 220px; }
+  td.txt { text-align: left; }
+  thead tr.groups th { text-align: center; }
+  th.g-model { background: #eceff3; } th.g-resistance { background: #fbe9e7; } th.g-stability { background: #e8f3e9; }
+  th.g-generalisation { background: #e7eef9; } th.g-trainability { background: #f6efdf; }
+  td.sep, th.sep { border-left: 2px solid #999; }
+  .yes { color: #1e7a3c; font-weight: 600; } .no { color: #b3261e; font-weight: 600; } .na { color: #999; }
+  .role { white-space: nowrap; font-size: 11px; padding: 1px 6px; border-radius: 8px; background: #eee; }
+  .role-reference { background: #ddd; } .role-defended { background: #dbe8fb; }
+  figure { margin: 10px 0 20px; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+  figcaption { font-size: 12.5px; color: #555; max-width: 900px; }
+  pre { background: #f7f7f7; padding: 8px; font-size: 12px; overflow-x: auto; }
+</style>
+</head>
+<body>
+{%- macro td(value, cls="") -%}
+<td class="{{ cls }}{{ ' na' if value == 'n/a' else '' }}">{{ value }}</td>
+{%- endmacro %}
+<h1>ImmuneLM evaluation report</h1>
+<dl class="meta">
+{% for key, value in header %}  <dt>{{ key }}</dt><dd>{{ value }}</dd>
+{% endfor %}</dl>
+
+<h2>Summary</h2>
+<p class="note">Each pillar (Rosati et al. 2024) is reported on its own; there is no combined score.
+Harmful scores are fractions in [0, 1] (lower is better) read at the end of each attack; {{ thresholds }}</p>
+<div class="scroll">
+<table id="summary">
+<thead>
+<tr class="groups">
+  <th class="g-model" colspan="3">Model</th>
+  <th class="g-resistance sep" colspan="4">Resistance</th>
+  <th class="g-stability sep" colspan="2">Stability</th>
+  <th class="g-generalisation sep" colspan="2">Generalisation</th>
+  <th class="g-trainability sep" colspan="2">Trainability</th>
+</tr>
+<tr>
+  <th class="name">name</th><th class="name">role</th><th class="name">defence</th>
+  <th class="sep">worst final harmful ↓</th><th>mean final harmful ↓</th><th>worst within utility bound ↓</th><th>weak resistance</th>
+  <th class="sep">benign accuracy ↑</th><th>false refusal ↓</th>
+  <th class="sep">held-out phrasing harmful ↓</th><th>cross-domain harmful ↓</th>
+  <th class="sep">final accuracy ↑</th><th>steps to target ↓</th>
+</tr>
+</thead>
+<tbody>
+{% for row in summary %}<tr>
+  <td class="name">{{ row.name }}</td><td class="name"><span class="role role-{{ row.role }}">{{ row.role }}</span></td>
+  {{ td(row.defence, "txt") }}
+  <td class="sep{{ ' na' if row.worst == 'n/a' else '' }}">{{ row.worst }}{% if row.worst_adversary %}<small>{{ row.worst_adversary }}</small>{% endif %}</td>
+  {{ td(row.mean) }}{{ td(row.bounded) }}{{ td(row.weak, row.weak_class) }}
+  {{ td(row.benign, "sep") }}{{ td(row.false_refusal) }}
+  {{ td(row.heldout, "sep") }}{{ td(row.cross) }}
+  {{ td(row.train_acc, "sep") }}<td class="{{ ' na' if row.steps_to_target == 'n/a' else '' }}">{{ row.steps_to_target }}{% if row.target %}<small>target {{ row.target }}</small>{% endif %}</td>
+</tr>
+{% endfor %}</tbody>
+</table>
+</div>
+
+<h2>Figures</h2>
+{% for fig in figures %}<figure id="fig-{{ fig.name }}">
+  <img src="data:image/png;base64,{{ fig.data }}" alt="{{ fig.caption }}">
+  <figcaption>{{ fig.caption }}</figcaption>
+</figure>
+{% endfor %}
+
+<h2>Per-adversary results</h2>
+<p class="note">Final = the last evaluated attack step. Utility is the attacked model's benign accuracy.
+Refused / collapsed / complied split the harmful prompts at the final step; collapsed answers are not counted as safe.
+Broken = the adversary pushed the harmful score above the threshold at some step.</p>
+{% for model in per_adversary %}<h3>{{ model.name }} <span class="role role-{{ model.role }}">{{ model.role }}</span></h3>
+{% if model.rows %}<div class="scroll"><table class="adversaries">
+<thead><tr><th class="name">adversary</th><th class="name">kind</th><th>final step</th><th>harmful at step 0</th>
+<th>final harmful ↓</th><th>utility at end ↑</th><th>refused</th><th>collapsed</th><th>complied</th><th>broken</th><th>seconds</th></tr></thead>
+<tbody>
+{% for row in model.rows %}<tr>
+  <td class="name">{{ row.name }}</td><td class="txt">{{ row.kind }}</td>{{ td(row.step) }}{{ td(row.start) }}
+  {{ td(row.final) }}{{ td(row.utility) }}{{ td(row.refused) }}{{ td(row.collapsed) }}{{ td(row.complied) }}
+  {{ td(row.broken, row.broken_class) }}{{ td(row.seconds) }}
+</tr>
+{% endfor %}</tbody>
+</table></div>
+{% else %}<p class="note">No resistance results for this model.</p>
+{% endif %}{% endfor %}
+
+{% if details %}<h2>Configuration</h2>
+<details><summary>config, provenance and data hashes</summary>
+<pre>{{ details }}</pre>
+</details>{% endif %}
+</body>
+</html>
+"""

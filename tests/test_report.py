@@ -1,0 +1,175 @@
+"""The HTML report: content, escaping, missing fields, results.json errors, and a real browser."""
+
+import shutil
+import subprocess
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from immunelm.cli.report import report as report_command
+from immunelm.errors import ImmuneLMError
+from immunelm.io import write_json_atomic
+from immunelm.report import load_report, regenerate, render_report
+from immunelm.report.plots import FIGURES
+from report_fixtures import make_report
+
+
+def write_results(run_dir, report):
+    write_json_atomic(run_dir / "results.json", report.model_dump(mode="json"))
+    return run_dir / "results.json"
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """One rendered report shared by the content tests (rendering is the slow part)."""
+    report = make_report(n_models=3, n_adversaries=4)
+    out = tmp_path_factory.mktemp("report")
+    return report, render_report(report, out)
+
+
+def test_render_writes_page_and_plots(rendered):
+    report, path = rendered
+    assert path.name == "report.html" and path.is_file()
+    pngs = sorted(p.name for p in (path.parent / "plots").glob("*.png"))
+    assert pngs == sorted(f"{name}.png" for name in FIGURES) and len(pngs) == 4
+    assert all((path.parent / "plots" / p).read_bytes().startswith(b"\x89PNG") for p in pngs)
+    html = path.read_text(encoding="utf-8")
+    assert html.count('src="data:image/png;base64,') == 4
+    assert not list(path.parent.glob(".*.tmp")), "atomic writes left temporaries behind"
+
+
+def test_page_names_every_model_adversary_and_pillar(rendered):
+    report, path = rendered
+    html = path.read_text(encoding="utf-8")
+    for model in report.models:
+        assert model.name in html
+        for adv in model.resistance:
+            assert adv.name in html
+    for group in ("Resistance", "Stability", "Generalisation", "Trainability"):
+        assert f">{group}</th>" in html
+    for outcome in ("refused", "collapsed", "complied"):
+        assert outcome in html
+    assert report.provenance["git_revision"] in html and "1h 02m 05s" in html
+
+
+def test_summary_values_come_from_the_report(rendered):
+    report, path = rendered
+    html = path.read_text(encoding="utf-8")
+    for model in report.models:
+        assert f"{model.resistance_summary.worst_final_harmful:.3f}" in html
+        assert f"{model.stability.benign_accuracy:.3f}" in html
+        assert f"{model.trainability.final_accuracy:.3f}" in html
+
+
+def test_names_are_html_escaped(tmp_path):
+    report = make_report(n_models=2, n_adversaries=2)
+    report.models[1].name = "<script>x</script>"
+    report.models[1].defence = "a&b"
+    report.models[1].resistance[0].name = 'adv"<b>$x_1$'
+    html = render_report(report, tmp_path).read_text(encoding="utf-8")
+    assert "<script>x</script>" not in html
+    assert "&lt;script&gt;x&lt;/script&gt;" in html
+    assert "a&amp;b" in html and "&lt;b&gt;$x_1$" in html
+
+
+def test_missing_optional_pillars_show_na(tmp_path):
+    report = make_report(n_models=3, n_adversaries=2)
+    bare = report.models[2]
+    bare.trainability = bare.generalisation = bare.stability = bare.resistance_summary = None
+    bare.resistance = []
+    report.provenance = {}
+    html = render_report(report, tmp_path).read_text(encoding="utf-8")
+    row = html.split(f'<td class="name">{bare.name}</td>', 1)[1].split("</tr>", 1)[0]
+    assert row.count("n/a") >= 10
+    assert "No resistance results for this model." in html
+    assert "git revision" not in html
+
+
+def test_report_without_models_still_renders(tmp_path):
+    report = make_report(n_models=1, n_adversaries=1)
+    report.models = []
+    path = render_report(report, tmp_path)
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 4 and "Summary" in path.read_text(encoding="utf-8")
+
+
+def test_regenerate_round_trip(tmp_path):
+    report = make_report(n_models=2, n_adversaries=3)
+    direct = render_report(report, tmp_path / "direct").read_text(encoding="utf-8")
+    run_dir = tmp_path / "run"
+    write_results(run_dir, report)
+    path = regenerate(run_dir)
+    assert path == run_dir / "report.html"
+    assert load_report(run_dir) == report
+    assert path.read_text(encoding="utf-8") == direct  # rendering is deterministic
+    assert len(list((run_dir / "plots").glob("*.png"))) == 4
+
+
+def _load_error(run_dir) -> str:
+    with pytest.raises(ImmuneLMError) as info:
+        load_report(run_dir)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(run_dir / "results.json") in message
+    return message
+
+
+def test_load_errors_name_file_and_field(tmp_path):
+    assert "not found" in _load_error(tmp_path)
+    (tmp_path / "results.json").write_text("{not json", encoding="utf-8")
+    assert "not valid JSON" in _load_error(tmp_path) and "line 1" in _load_error(tmp_path)
+    (tmp_path / "results.json").write_text("[1, 2]", encoding="utf-8")
+    assert "JSON object" in _load_error(tmp_path)
+
+    data = make_report().model_dump(mode="json")
+    data["models"][1]["role"] = "attacker"
+    write_json_atomic(tmp_path / "results.json", data)
+    assert "models[1].role" in _load_error(tmp_path)
+
+    data = make_report().model_dump(mode="json")
+    del data["models"][0]["resistance"][1]["curve"][2]["outcomes"]
+    write_json_atomic(tmp_path / "results.json", data)
+    message = _load_error(tmp_path)
+    assert "missing field 'models[0].resistance[1].curve[2].outcomes'" in message
+
+    data = make_report().model_dump(mode="json")
+    data["suite_name"] = "x"
+    write_json_atomic(tmp_path / "results.json", data)
+    assert "unknown field 'suite_name'" in _load_error(tmp_path)
+
+    data["schema_version"] = "9.0"
+    write_json_atomic(tmp_path / "results.json", data)
+    assert "schema_version '9.0' is not supported" in _load_error(tmp_path)
+
+
+def test_cli_command_prints_report_path(tmp_path):
+    app = typer.Typer()
+    app.command()(report_command)
+    write_results(tmp_path, make_report(n_models=2, n_adversaries=2))
+    result = CliRunner().invoke(app, [str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(tmp_path / "report.html")
+    failed = CliRunner().invoke(app, [str(tmp_path / "missing")])
+    assert isinstance(failed.exception, ImmuneLMError)
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("chromium not installed: run apt-get install -y chromium")
+
+
+def test_report_renders_in_headless_chromium(rendered, tmp_path):
+    """The page must open in a real browser: catches broken markup a string check would miss."""
+    browser = _chromium()
+    _, path = rendered
+    base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000"]
+    shot = tmp_path / "shot.png"
+    subprocess.run(base + [f"--screenshot={shot}", path.as_uri()], capture_output=True, timeout=120, check=False)
+    assert shot.is_file() and shot.stat().st_size > 20_000
+    dom = subprocess.run(base + ["--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'id="summary"' in dom and "Trainability" in dom
+    assert dom.count("<img") == 4
