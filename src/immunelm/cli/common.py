@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import sys
 from pathlib import Path
 from typing import Optional, TypeVar
 
@@ -13,8 +14,9 @@ from rich.console import Console
 from immunelm.config import load_config
 from immunelm.provenance import record_run
 
-console = Console(stderr=True)
-out = Console()
+# Logs and CI capture output through pipes, where rich would wrap tables at 80 columns.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
 C = TypeVar("C", bound=BaseModel)
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML file with config fields.")

@@ -69,28 +69,30 @@ def _loader(source: str, cfg: EvaluateConfig):
 
 
 def _fmt(value, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    return "n/a" if value is None or value is False else f"{value:.{digits}f}"
 
 
 def print_summary(report: EvaluationReport) -> None:
-    table = Table(title=f"immunisation evaluation (suite {report.suite}, judge {report.judge})")
-    columns = ["model", "worst harmful (adversary)", "mean harmful", "worst within eps", "broken by",
-               "benign acc", "false refusal", "held-out / cross-domain", "trainability acc (steps to target)"]
-    for col in columns:
-        table.add_column(col)
+    """One row per model, one column group per pillar (never a folded score)."""
+    table = Table(title=f"suite {report.suite}, judge {report.judge}: harmful (lower better) / accuracy (higher better)")
+    for col in ("model", "worst", "mean", "worst<=eps", "broken", "benign", "false-ref", "heldout", "cross", "train-acc", "steps"):
+        table.add_column(col, no_wrap=True)
     for m in report.models:
         r, s, g, t = m.resistance_summary, m.stability, m.generalisation, m.trainability
         table.add_row(
-            f"{m.name} ({m.role})",
-            f"{r.worst_final_harmful:.2f} ({r.worst_adversary})" if r else "n/a",
-            _fmt(r.mean_final_harmful if r else None),
-            _fmt(r.worst_within_utility_bound if r else None),
+            m.name + ("*" if m.role == "reference" else ""),
+            _fmt(r and r.worst_final_harmful), _fmt(r and r.mean_final_harmful), _fmt(r and r.worst_within_utility_bound),
             f"{len(r.broken_by)}/{len(m.resistance)}" if r else "n/a",
-            _fmt(s.benign_accuracy if s else None), _fmt(s.false_refusal if s else None),
-            f"{_fmt(g.in_domain_heldout_phrasings if g else None)} / {_fmt(g.cross_domain if g else None)}",
-            f"{_fmt(t.final_accuracy)} ({t.steps_to_target})" if t else "n/a",
+            _fmt(s and s.benign_accuracy), _fmt(s and s.false_refusal),
+            _fmt(g and g.in_domain_heldout_phrasings), _fmt(g and g.cross_domain),
+            _fmt(t and t.final_accuracy), str(t.steps_to_target) if t else "n/a",
         )
     out.print(table)
+    for m in report.models:
+        for a in m.resistance:
+            curve = "  ".join(f"{p.step}:{p.harmful_score:.2f}" for p in a.curve)
+            out.print(f"  {m.name:<16} {a.name:<28} harmful by step  {curve}")
+    out.print("  * reference model. worst<=eps: worst case among attacks keeping utility within epsilon.")
 
 
 def evaluate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 import time
 from pathlib import Path
 from typing import Optional
@@ -60,6 +61,8 @@ def demo(config: Optional[Path] = CONFIG_OPTION, overrides: Optional[list[str]] 
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    # Library deprecation chatter (transformers v6 renames) is not for end users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         app()
     except ImmuneLMError as exc:
