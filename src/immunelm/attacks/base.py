@@ -11,7 +11,6 @@ training is always the engine with plain SFT (``CausalLMStep``). The kinds:
 
 from __future__ import annotations
 
-import difflib
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,6 +21,7 @@ from immunelm.config import Config
 from immunelm.data import Example
 from immunelm.engine import TrainConfig
 from immunelm.errors import ImmuneLMError
+from immunelm.registry import unknown_name
 
 
 class AdversaryConfig(Config):
@@ -88,7 +88,5 @@ def benign_sft(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
 
 def build_attack_examples(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
     if cfg.kind not in _KINDS:
-        close = difflib.get_close_matches(cfg.kind, _KINDS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ImmuneLMError(f"adversary '{cfg.name}': unknown kind '{cfg.kind}' (known: {', '.join(attack_kinds())}){hint}")
+        raise unknown_name("attack kind", cfg.kind, _KINDS)
     return _KINDS[cfg.kind](cfg, data)

@@ -7,13 +7,12 @@ or data recipe; it never copies the training loop.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from immunelm.config import Config
 from immunelm.data import Example
-from immunelm.errors import ImmuneLMError
+from immunelm.registry import unknown_name
 
 
 @dataclass
@@ -49,9 +48,7 @@ def defence_names() -> list[str]:
 
 def build_defence(name: str) -> DefenceSpec:
     if name not in _DEFENCES:
-        close = difflib.get_close_matches(name, _DEFENCES, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ImmuneLMError(f"unknown defence '{name}' (known: {', '.join(defence_names())}){hint}")
+        raise unknown_name("defence", name, _DEFENCES)
     return _DEFENCES[name]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 from immunelm.data.examples import Example
-from immunelm.errors import ImmuneLMError
+from immunelm.registry import unknown_name
 from immunelm.world import corpus
 from immunelm.world.spec import BENIGN_TASKS, HARMFUL_DOMAINS, TRAINABILITY_TASK, World
 
@@ -41,9 +41,5 @@ def dataset_names(world: World) -> list[str]:
 def world_dataset(world: World, name: str) -> list[Example]:
     builders = _builders(world)
     if name not in builders:
-        import difflib
-
-        close = difflib.get_close_matches(name, builders, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ImmuneLMError(f"world dataset '{name}' does not exist (known: {', '.join(sorted(builders))}){hint}")
+        raise unknown_name("world dataset", name, builders)
     return builders[name]()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable
 
-from immunelm.errors import ImmuneLMError
+from immunelm.registry import unknown_name
 from immunelm.eval.judges.base import Judge
 
 _JUDGES: dict[str, type[Judge]] = {}
@@ -30,9 +29,7 @@ def judge_names() -> list[str]:
 
 def judge_class(name: str) -> type[Judge]:
     if name not in _JUDGES:
-        close = difflib.get_close_matches(name, list(_JUDGES), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ImmuneLMError(f"unknown judge '{name}'{hint} (known: {', '.join(judge_names())})")
+        raise unknown_name("judge", name, _JUDGES)
     return _JUDGES[name]
 
 
