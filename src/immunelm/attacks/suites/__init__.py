@@ -75,7 +75,7 @@ def sample_adversaries(space: SearchSpace) -> list[AdversaryConfig]:
         rank = rng.choice(space.lora_ranks)
         train = {
             "lr": lr, "batch_size": rng.choice(space.batch_sizes), "max_steps": rng.choice(space.steps),
-            "schedule": rng.choice(space.schedules), "progress": False,
+            "schedule": rng.choice(space.schedules),
             "lora": None if rank is None else {"r": rank, "alpha": 2 * rank},
         }
         out.append(AdversaryConfig(name=f"search-{i:02d}", kind=rng.choice(space.kinds), train=train, seed=i))
