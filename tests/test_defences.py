@@ -91,7 +91,7 @@ def test_registry_suggests_nearest_name():
         build_defence("deep_align")
 
 
-@pytest.mark.parametrize("name", ["deep-align", "constrained-sft"])
+@pytest.mark.parametrize("name", ["deep-align", "constrained-sft", "vaccine", "booster"])
 def test_conformance_weights_change_deterministic_and_round_trip(name, tok, tmp_path):
     """The shared battery: weights change, same seed -> same weights, safetensors round-trip."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -114,3 +114,82 @@ def test_conformance_weights_change_deterministic_and_round_trip(name, tok, tmp_
     a.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=True)
     assert all(torch.equal(loaded.state_dict()[k], a.state_dict()[k]) for k in start)
+
+
+def test_vaccine_perturbation_has_norm_rho_and_follows_the_gradient():
+    from immunelm.defences.vaccine import vaccine_perturbation
+
+    grads = [torch.randn(2, 3, 8), torch.randn(2, 3, 8) * 5]
+    eps = vaccine_perturbation(grads, rho=2.0)
+    total = torch.sqrt(sum(e.pow(2).sum() for e in eps))
+    assert total.item() == pytest.approx(2.0, rel=1e-5)  # one norm across layers
+    for e, g in zip(eps, grads):
+        cos = torch.nn.functional.cosine_similarity(e.flatten(), g.flatten(), dim=0)
+        assert cos.item() == pytest.approx(1.0, abs=1e-6)
+    # the layer with the larger gradient gets the larger share (not normalised per layer)
+    assert eps[1].norm() > eps[0].norm()
+
+
+@pytest.mark.parametrize("perturb", ["block", "attn"])
+def test_vaccine_step_ascends_the_loss_and_only_pass_two_trains(tiny_llama, perturb):
+    """Pass 2's loss is higher (eps is the first-order worst case); weight grads equal
+    d(perturbed loss)/d(theta) only."""
+    from immunelm.defences.vaccine import VaccineConfig, VaccineStep
+
+    model = tiny_llama(dropout=0.0)
+    ids = torch.randint(2, 32, (3, 10))
+    labels = ids.clone()
+    labels[:, :4] = IGNORE_INDEX
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+    step = VaccineStep(VaccineConfig(rho=0.5, perturb=perturb))
+    metrics = step(StepContext(model, get_accelerator(), 0, 1, 1), batch)
+    assert metrics["loss"] > metrics["clean_loss"]
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    # Recompute pass 2 by hand: the same eps added, a plain backward.
+    from immunelm.models import ModelAdapter
+    from immunelm.defences.vaccine import KIND, vaccine_perturbation
+    adapter = ModelAdapter(model)
+    with adapter.read_outputs([0, 1], KIND[perturb]) as hidden:
+        clean = response_token_loss(model(input_ids=ids).logits, labels)
+    eps = vaccine_perturbation(list(torch.autograd.grad(clean, [hidden[0], hidden[1]])), 0.5)
+    with adapter.add_to_outputs({0: eps[0], 1: eps[1]}, KIND[perturb]):
+        response_token_loss(model(input_ids=ids).logits, labels).backward()
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_booster_update_equals_formula_by_hand(tiny_llama):
+    """grad after the step == grad f(w) + lambda * (grad h(w) - grad h(w - alpha g_h/||g_h||)),
+    and the weights are restored after the simulated step."""
+    from immunelm.data import PaddingCollator
+    from immunelm.defences.booster import BoosterConfig, BoosterStep
+
+    model = tiny_llama(dropout=0.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    harm_ids = torch.randint(2, 32, (4, 8), generator=gen)
+    harmful_rows = [{"input_ids": r, "labels": r} for r in harm_ids.tolist()]
+    ids = torch.randint(2, 32, (3, 8), generator=gen)
+    batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+    cfg = BoosterConfig(lam=5.0, alpha=0.1, harmful_batch_size=4)
+    step = BoosterStep(cfg, harmful_rows, PaddingCollator(0), seed=0)
+    step(StepContext(model, get_accelerator(), 0, 1, 1), batch)
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+    def loss(m, ids_):
+        return response_token_loss(m(input_ids=ids_).logits, ids_)
+
+    hb = PaddingCollator(0)([harmful_rows[i] for i in next(step.order.__class__(4, 4, 1).batches())])["input_ids"]
+    params = list(model.parameters())
+    g_h = torch.autograd.grad(loss(model, hb), params)
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in g_h))
+    shifted = tiny_llama(dropout=0.0)
+    with torch.no_grad():
+        for p, q, g in zip(shifted.parameters(), params, g_h):
+            p.copy_(q - 0.1 * g / norm)
+    g_h2 = torch.autograd.grad(loss(shifted, hb), list(shifted.parameters()))
+    g_a = torch.autograd.grad(loss(model, ids), params)
+    for (name, _), a, h1, h2 in zip(model.named_parameters(), g_a, g_h, g_h2):
+        torch.testing.assert_close(got[name], a + 5.0 * (h1 - h2), rtol=1e-4, atol=1e-6)
