@@ -91,7 +91,7 @@ def test_registry_suggests_nearest_name():
         build_defence("deep_align")
 
 
-@pytest.mark.parametrize("name", ["deep-align", "constrained-sft", "vaccine", "booster"])
+@pytest.mark.parametrize("name", ["deep-align", "constrained-sft", "vaccine", "booster", "repnoise"])
 def test_conformance_weights_change_deterministic_and_round_trip(name, tok, tmp_path):
     """The shared battery: weights change, same seed -> same weights, safetensors round-trip."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -181,7 +181,7 @@ def test_booster_update_equals_formula_by_hand(tiny_llama):
     def loss(m, ids_):
         return response_token_loss(m(input_ids=ids_).logits, ids_)
 
-    hb = PaddingCollator(0)([harmful_rows[i] for i in next(step.order.__class__(4, 4, 1).batches())])["input_ids"]
+    hb = PaddingCollator(0)([harmful_rows[i] for i in next(step.harmful.order.__class__(4, 4, 1).batches())])["input_ids"]
     params = list(model.parameters())
     g_h = torch.autograd.grad(loss(model, hb), params)
     norm = torch.sqrt(sum(g.pow(2).sum() for g in g_h))
@@ -193,3 +193,29 @@ def test_booster_update_equals_formula_by_hand(tiny_llama):
     g_a = torch.autograd.grad(loss(model, ids), params)
     for (name, _), a, h1, h2 in zip(model.named_parameters(), g_a, g_h, g_h2):
         torch.testing.assert_close(got[name], a + 5.0 * (h1 - h2), rtol=1e-4, atol=1e-6)
+
+
+def test_repnoise_mmd_is_zero_for_identical_samples_and_grows_with_shift():
+    from immunelm.defences.repnoise import gaussian_mmd
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=gen)
+    y = torch.randn(64, 16, generator=gen)
+    bw = [0.5, 1.0, 2.0]
+    assert gaussian_mmd(x, x, bw).item() == pytest.approx(0.0, abs=1e-6)
+    shifts = [gaussian_mmd(x, y + s, bw).item() for s in (0.0, 0.5, 1.0, 2.0)]
+    assert all(a < b for a, b in zip(shifts, shifts[1:]))
+    assert shifts[0] < 0.1 * shifts[-1]
+
+
+def test_repnoise_layer_ce_matches_logit_lens_on_last_layer(tiny_llama):
+    """With only the last layer, the logit-lens CE equals the model's own output CE."""
+    from immunelm.defences.repnoise import layer_ce
+    from immunelm.models import ModelAdapter
+
+    model = tiny_llama(dropout=0.0).eval()
+    ids = torch.randint(2, 32, (2, 9))
+    adapter = ModelAdapter(model)
+    with adapter.read_outputs([1]) as hidden:
+        logits = model(input_ids=ids).logits
+    torch.testing.assert_close(layer_ce(adapter, hidden, ids), response_token_loss(logits, ids))

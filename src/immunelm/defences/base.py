@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from immunelm.config import Config
 from immunelm.data import Example
+from immunelm.errors import ImmuneLMError
 from immunelm.registry import unknown_name
 
 
@@ -55,3 +56,21 @@ def build_defence(name: str) -> DefenceSpec:
 def immunise(name: str, model, tokenizer, data: DefenceData, config: Config | None = None):
     spec = build_defence(name)
     return spec.run(model, tokenizer, data, config or spec.config_cls())
+
+
+class BatchStream:
+    """A second, deterministic stream of batches (e.g. harmful pairs) beside the engine's own,
+    for methods whose step needs two datasets (Booster, RepNoise, Circuit Breakers)."""
+
+    def __init__(self, rows: list[dict], collate, batch_size: int, seed: int, what: str = "harmful") -> None:
+        if not rows:
+            raise ImmuneLMError(f"this defence needs {what} examples but data.{what} is empty")
+        from immunelm.engine.sampling import BatchOrder
+
+        self.rows, self.collate = rows, collate
+        self.order = BatchOrder(len(rows), batch_size, seed)
+        self._batches = self.order.batches()
+
+    def next(self, device) -> dict:
+        batch = self.collate([self.rows[i] for i in next(self._batches)])
+        return {k: v.to(device) for k, v in batch.items()}

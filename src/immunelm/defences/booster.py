@@ -21,10 +21,9 @@ from pydantic import Field
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator, encode_example
-from immunelm.defences.base import DefenceData, register_defence
+from immunelm.defences.base import BatchStream, DefenceData, register_defence
 from immunelm.defences.vaccine import alignment_rows
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
-from immunelm.engine.sampling import BatchOrder
 
 
 class BoosterConfig(Config):
@@ -43,14 +42,8 @@ def attenuation(g_h: list[torch.Tensor], g_h_shifted: list[torch.Tensor], lam: f
 
 class BoosterStep:
     def __init__(self, cfg: BoosterConfig, harmful_rows: list[dict], collate, seed: int) -> None:
-        self.cfg, self.rows, self.collate = cfg, harmful_rows, collate
-        self.order = BatchOrder(len(harmful_rows), cfg.harmful_batch_size, seed + 1)
-        self.batches = None
-
-    def _harmful_batch(self, device) -> dict[str, torch.Tensor]:
-        self.batches = self.batches or self.order.batches()
-        batch = self.collate([self.rows[i] for i in next(self.batches)])
-        return {k: v.to(device) for k, v in batch.items()}
+        self.cfg = cfg
+        self.harmful = BatchStream(harmful_rows, collate, cfg.harmful_batch_size, seed + 1)
 
     @staticmethod
     def _loss(model, batch) -> torch.Tensor:
@@ -59,7 +52,7 @@ class BoosterStep:
 
     def __call__(self, ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         params = [p for p in ctx.model.parameters() if p.requires_grad]
-        harmful = self._harmful_batch(batch["input_ids"].device)
+        harmful = self.harmful.next(batch["input_ids"].device)
         h = self._loss(ctx.model, harmful)
         g_h = torch.autograd.grad(h, params)
         norm = torch.sqrt(sum(g.pow(2).sum() for g in g_h)) + 1e-12
@@ -88,9 +81,5 @@ def booster(model, tokenizer, data: DefenceData, cfg: BoosterConfig):
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate = PaddingCollator(pad)
     harmful_rows = [encode_example(tokenizer, e) for e in data.harmful]
-    if not harmful_rows:
-        from immunelm.errors import ImmuneLMError
-
-        raise ImmuneLMError("booster: data.harmful is empty (needs harmful prompt -> harmful answer pairs)")
     step = BoosterStep(cfg, harmful_rows, collate, cfg.train.seed)
     return train(cfg.train, model, alignment_rows(tokenizer, data), collate, step_fn=step, description="booster").model
