@@ -91,29 +91,49 @@ def test_registry_suggests_nearest_name():
         build_defence("deep_align")
 
 
-@pytest.mark.parametrize("name", ["deep-align", "constrained-sft", "vaccine", "booster", "repnoise"])
-def test_conformance_weights_change_deterministic_and_round_trip(name, tok, tmp_path):
-    """The shared battery: weights change, same seed -> same weights, safetensors round-trip."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+ALL_DEFENCES = ["deep-align", "constrained-sft", "vaccine", "booster", "repnoise", "circuit-breakers"]
+CONFORMANCE_DATA = DefenceData(refusals=[HARM.with_response(REFUSAL)], harmful=[HARM] * 4,
+                               benign=[Example.pair("what is 1 plus 2 ?", "3 .")])
 
-    def fresh():
-        torch.manual_seed(0)
-        return LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
 
-    data = DefenceData(refusals=[HARM.with_response(REFUSAL)], harmful=[HARM] * 4,
-                       benign=[Example.pair("what is 1 plus 2 ?", "3 .")])
+def fresh_model(family: str, tok):
+    from immunelm.models import tiny_model
+
+    return tiny_model(family, seed=0, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+
+
+def small_config(name: str, **train):
     spec = build_defence(name)
-    cfg = spec.config_cls(train=TrainConfig(max_steps=3, batch_size=4, lr=1e-2, progress=False))
-    start = {k: v.clone() for k, v in fresh().state_dict().items()}
-    a = immunise(name, fresh(), tok, data, cfg)
-    b = immunise(name, fresh(), tok, data, cfg)
+    return spec.config_cls(train=TrainConfig(max_steps=3, batch_size=4, lr=1e-2, progress=False, **train))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ALL_DEFENCES)
+def test_conformance_weights_change_deterministic_and_round_trip(name, family, tok, tmp_path):
+    """The shared battery: weights change, same seed -> same weights, safetensors round-trip."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = small_config(name)
+    start = {k: v.clone() for k, v in fresh_model(family, tok).state_dict().items()}
+    a = immunise(name, fresh_model(family, tok), tok, CONFORMANCE_DATA, cfg)
+    b = immunise(name, fresh_model(family, tok), tok, CONFORMANCE_DATA, cfg)
     assert any(not torch.equal(a.state_dict()[k], start[k]) for k in start)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in start)
     a.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=True)
     assert all(torch.equal(loaded.state_dict()[k], a.state_dict()[k]) for k in start)
+
+
+@pytest.mark.parametrize("name", ALL_DEFENCES)
+def test_conformance_with_lora_trains_adapters_and_merges(name, tok):
+    from immunelm.engine import LoraSettings
+
+    model = immunise(name, fresh_model("llama", tok), tok, CONFORMANCE_DATA, small_config(name, lora=LoraSettings(r=2, alpha=4)))
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
+    merged = model.merge_and_unload()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
 
 
 def test_vaccine_perturbation_has_norm_rho_and_follows_the_gradient():
@@ -219,3 +239,20 @@ def test_repnoise_layer_ce_matches_logit_lens_on_last_layer(tiny_llama):
     with adapter.read_outputs([1]) as hidden:
         logits = model(input_ids=ids).logits
     torch.testing.assert_close(layer_ce(adapter, hidden, ids), response_token_loss(logits, ids))
+
+
+def test_circuit_breaker_losses_and_schedule():
+    from immunelm.defences.circuit_breakers import coefficients, reroute_loss, retain_loss, target_layers
+
+    mask = torch.ones(1, 2)
+    a = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
+    orthogonal = torch.tensor([[[0.0, 3.0], [5.0, 0.0]]])
+    assert reroute_loss(a, orthogonal, mask).item() == 0.0  # orthogonal: nothing left to reroute
+    assert reroute_loss(a, a, mask).item() == pytest.approx(1.0)
+    assert reroute_loss(a, -a, mask).item() == 0.0  # ReLU: opposite is as good as orthogonal
+    assert retain_loss(a, a, mask).item() == 0.0
+    assert retain_loss(a, a + torch.tensor([3.0, 4.0]), mask).item() == pytest.approx(5.0)
+    assert coefficients(0, 150, 10.0) == (10.0, 0.0)
+    assert coefficients(150, 150, 10.0) == (5.0, 5.0)
+    assert target_layers(32, [10 / 32, 20 / 32]) == [9, 19]
+    assert target_layers(4, [10 / 32, 20 / 32]) == [0, 1]
