@@ -91,7 +91,7 @@ def test_registry_suggests_nearest_name():
         build_defence("deep_align")
 
 
-ALL_DEFENCES = ["deep-align", "constrained-sft", "vaccine", "booster", "repnoise", "circuit-breakers"]
+ALL_DEFENCES = ["deep-align", "constrained-sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "lapt"]
 CONFORMANCE_DATA = DefenceData(refusals=[HARM.with_response(REFUSAL)], harmful=[HARM] * 4,
                                benign=[Example.pair("what is 1 plus 2 ?", "3 .")])
 
@@ -129,11 +129,14 @@ def test_conformance_weights_change_deterministic_and_round_trip(name, family, t
 def test_conformance_with_lora_trains_adapters_and_merges(name, tok):
     from immunelm.engine import LoraSettings
 
+    start = {k: v.clone() for k, v in fresh_model("llama", tok).state_dict().items()}
     model = immunise(name, fresh_model("llama", tok), tok, CONFORMANCE_DATA, small_config(name, lora=LoraSettings(r=2, alpha=4)))
-    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
-    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
-    merged = model.merge_and_unload()
-    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    if hasattr(model, "merge_and_unload"):  # LAPT returns merged, interpolated weights itself
+        lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+        assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
+        model = model.merge_and_unload()
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    assert any(not torch.equal(model.state_dict()[k], start[k]) for k in start)
 
 
 def test_vaccine_perturbation_has_norm_rho_and_follows_the_gradient():
@@ -256,3 +259,39 @@ def test_circuit_breaker_losses_and_schedule():
     assert coefficients(150, 150, 10.0) == (5.0, 5.0)
     assert target_layers(32, [10 / 32, 20 / 32]) == [9, 19]
     assert target_layers(4, [10 / 32, 20 / 32]) == [0, 1]
+
+
+def test_t_vaccine_layer_sampling_follows_scores_and_trains_only_chosen_layers(tiny_llama):
+    from immunelm.data import PaddingCollator
+    from immunelm.defences.base import BatchStream
+    from immunelm.defences.t_vaccine import TVaccineConfig, TVaccineStep, layer_probabilities
+
+    probs = layer_probabilities(torch.tensor([1.0, 3.0, 0.0, 4.0]))
+    assert probs.tolist() == [0.125, 0.375, 0.0, 0.5]
+    assert layer_probabilities(torch.zeros(4)).tolist() == [0.25] * 4
+    model = tiny_llama(dropout=0.0)
+    rows = [{"input_ids": r, "labels": r} for r in torch.randint(2, 32, (8, 8)).tolist()]
+    step = TVaccineStep(TVaccineConfig(gamma=1), BatchStream(rows, PaddingCollator(0), 4, 0), seed=0)
+    ids = torch.randint(2, 32, (2, 8))
+    step(StepContext(model, get_accelerator(), 0, 1, 1), {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
+    assert len(step.chosen) == 1 and step.probs.sum().item() == pytest.approx(1.0)
+    from immunelm.models import ModelAdapter
+    blocks = ModelAdapter(model).blocks
+    for i, block in enumerate(blocks):
+        has_grad = any(p.grad is not None for p in block.parameters())
+        assert has_grad == (i in step.chosen)
+
+
+def test_lapt_noise_matches_activation_statistics_and_interpolation():
+    from immunelm.defences.lapt import interpolate, normalised_noise
+
+    hidden = torch.randn(4, 6, 64) * 3 + 2
+    noise = normalised_noise(hidden)
+    torch.testing.assert_close(noise.mean(-1), hidden.mean(-1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(noise.std(-1), hidden.std(-1), rtol=1e-4, atol=1e-4)
+    layer = torch.nn.Linear(2, 2)
+    original = {n: torch.zeros_like(p) for n, p in layer.named_parameters()}
+    trained = {n: p.detach().clone() for n, p in layer.named_parameters()}
+    interpolate(layer, original, keep=0.25)
+    for n, p in layer.named_parameters():
+        torch.testing.assert_close(p.detach(), 0.25 * trained[n])

@@ -2,7 +2,7 @@
 
 from immunelm.defences.base import DefenceData, build_defence, defence_names, immunise, register_defence
 from immunelm.defences import (  # noqa: F401  (registration)
-    booster, circuit_breakers, constrained_sft, deep_align, repnoise, vaccine,
+    booster, circuit_breakers, constrained_sft, deep_align, lapt, repnoise, t_vaccine, vaccine,
 )
 
 __all__ = ["DefenceData", "build_defence", "defence_names", "immunise", "register_defence"]
