@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["engine_vs_bare.py", "organism_build.py", "generation_throughput.py"]
+BENCHMARKS = ["engine_vs_bare.py", "organism_build.py", "generation_throughput.py", "defence_overhead.py"]
 
 if __name__ == "__main__":
     failed = [b for b in BENCHMARKS if subprocess.run([sys.executable, str(HERE / b), *sys.argv[1:]], cwd=HERE).returncode]

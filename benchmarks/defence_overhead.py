@@ -1,0 +1,98 @@
+"""Per-step time and peak memory of every defence vs plain SFT alignment, same model and batch.
+
+Each method runs in its own subprocess (so peak memory is its own): the organism's aligned
+model, batch 32, ``--steps`` steps after 3 warm-up steps. Time: seconds per step. Memory: on
+GPU, torch's peak allocated bytes; on CPU, the growth of the process's peak RSS from just before
+training to the end (what training added on top of the loaded model). Ratios are vs ``sft``.
+
+    python benchmarks/defence_overhead.py [--steps 30] [--methods vaccine booster]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from common import save_result
+
+METHODS = ["sft", "deep-align", "constrained-sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "lapt"]
+
+
+def child(method: str, steps: int) -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    from immunelm.cli.immunise import world_defence_data
+    from immunelm.data import PaddingCollator, encode_example
+    from immunelm.defences import build_defence
+    from immunelm.engine import TrainConfig, train
+    from immunelm.world.organism import Organism, OrganismConfig
+
+    organism = Organism()
+    organism.build()
+    model, tok = organism.load("aligned")
+    model.train()
+    data = world_defence_data(OrganismConfig())
+    train_cfg = TrainConfig(lr=1.5e-4, batch_size=32, max_steps=steps + 3, progress=False, log_every=1)
+    times: list[float] = []
+
+    def clock(step, metrics):
+        times.append(time.perf_counter())
+
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        model.cuda()
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if method == "sft":
+        rows = [encode_example(tok, e) for e in data.refusals + data.benign]
+        train(train_cfg, model, rows, PaddingCollator(tok.pad_token_id), callbacks=[clock])
+    else:
+        spec = build_defence(method)
+        cfg = spec.config_cls(train=train_cfg)
+        import immunelm.engine.engine as engine_module
+
+        original = engine_module.Engine.__init__
+
+        def with_clock(self, *args, **kwargs):
+            kwargs["callbacks"] = list(kwargs.get("callbacks", ())) + [clock]
+            original(self, *args, **kwargs)
+
+        engine_module.Engine.__init__ = with_clock  # measure inside the defence's own engine run
+        spec.run(model, tok, data, cfg)
+    peak = torch.cuda.max_memory_allocated() if on_gpu else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024
+    per_step = (times[-1] - times[2]) / (len(times) - 3)
+    print(json.dumps({"method": method, "seconds_per_step": per_step, "peak_bytes": peak, "device": "cuda" if on_gpu else "cpu"}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--methods", nargs="*", default=METHODS)
+    parser.add_argument("--child", default=None)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.steps)
+        return
+    rows = {}
+    for method in ["sft"] + [m for m in args.methods if m != "sft"]:
+        out = subprocess.run([sys.executable, __file__, "--child", method, "--steps", str(args.steps)],
+                             capture_output=True, text=True, check=True)
+        rows[method] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(rows[method], flush=True)
+    base = rows["sft"]
+    for row in rows.values():
+        row["time_ratio"] = row["seconds_per_step"] / base["seconds_per_step"]
+        row["memory_ratio"] = row["peak_bytes"] / max(1, base["peak_bytes"])
+    save_result("defence_overhead", {"steps": args.steps, "batch_size": 32, "rows": rows})
+    for name, row in rows.items():
+        print(f"{name:18s} {row['seconds_per_step'] * 1000:7.1f} ms/step  x{row['time_ratio']:.2f}   "
+              f"peak {row['peak_bytes'] / 2**20:7.1f} MiB  x{row['memory_ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
