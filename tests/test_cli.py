@@ -104,3 +104,16 @@ def test_immunise_evaluate_and_report_end_to_end(tmp_path, cache):
     (run_dir / "report.html").unlink()
     again = CliRunner().invoke(app, ["report", str(run_dir)])
     assert again.exit_code == 0 and (run_dir / "report.html").is_file()
+
+
+def test_every_registered_defence_runs_through_the_cli(tmp_path, cache):
+    from immunelm.defences import defence_names
+
+    organism = [a for a in TINY_ORGANISM if a.startswith("organism.")]
+    for name in defence_names():
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["immunise", name, "--run-dir", str(out), cache, *organism,
+                                          "defence.train.max_steps=2", "defence.train.progress=false"])
+        assert result.exit_code == 0, (name, result.output)
+        assert (out / "model" / "model.safetensors").is_file()
+        assert json.loads((out / "immunise.json").read_text())["defence"] == name
