@@ -275,6 +275,10 @@ def test_t_vaccine_layer_sampling_follows_scores_and_trains_only_chosen_layers(t
     ids = torch.randint(2, 32, (2, 8))
     step(StepContext(model, get_accelerator(), 0, 1, 1), {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
     assert len(step.chosen) == 1 and step.probs.sum().item() == pytest.approx(1.0)
+    # Re-scoring after a sample (blocks frozen outside the chosen one) must still work.
+    step.cfg = step.cfg.model_copy(update={"rescore_every": 1, "resample_every": 1})
+    model.zero_grad(set_to_none=True)
+    step(StepContext(model, get_accelerator(), 1, 2, 1), {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
     from immunelm.models import ModelAdapter
     blocks = ModelAdapter(model).blocks
     for i, block in enumerate(blocks):

@@ -54,7 +54,11 @@ class TVaccineStep:
         self.chosen: list[int] = []
 
     def scores(self, ctx: StepContext) -> torch.Tensor:
-        """s_l from the harmful batch (no weight gradients are accumulated)."""
+        """s_l from the harmful batch (no weight gradients are accumulated).
+
+        Every layer must be in the graph for its output gradient to exist, so all blocks are made
+        trainable for this pass; :meth:`_select` re-applies the sampled subset right after."""
+        self._set_trainable(range(self.adapter.num_layers))
         harm = self.harmful.next(next(ctx.model.parameters()).device)
         layers = list(range(self.adapter.num_layers))
         with self.adapter.read_outputs(layers, KIND[self.cfg.perturb]) as hidden:
@@ -69,11 +73,15 @@ class TVaccineStep:
         if not self.chosen or ctx.step % self.cfg.resample_every == 0:
             gamma = min(self.adapter.num_layers, self.cfg.gamma or max(1, self.adapter.num_layers // 4))
             self.chosen = sorted(torch.multinomial(self.probs, gamma, replacement=False, generator=self.rng).tolist())
+        self._set_trainable(self.chosen)
+
+    def _set_trainable(self, layers) -> None:
+        layers = set(layers)
         for i, block in enumerate(self.adapter.blocks):
             for name, param in block.named_parameters():
                 if self.lora_only and "lora_" not in name:
                     continue  # frozen base weights stay frozen under LoRA
-                param.requires_grad_(i in self.chosen)
+                param.requires_grad_(i in layers)
 
     def __call__(self, ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.adapter is None:
