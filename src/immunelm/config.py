@@ -80,6 +80,7 @@ def load_config(
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
     base: dict | None = None,
+    label: str = "config",
 ) -> C:
     """Build ``cls`` from defaults <- ``base`` <- YAML file <- overrides (later wins).
 
@@ -87,7 +88,7 @@ def load_config(
     config and keeps that section's other defaults.
     """
     data: dict = _deep_merge(_defaults(cls), base or {})
-    source = "config"
+    source = label
     if path is not None:
         source = str(path)
         p = Path(path)

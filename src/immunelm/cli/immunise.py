@@ -63,7 +63,7 @@ def defence_data(cfg: ImmuniseConfig) -> DefenceData:
 
 def run_immunise(method: str, cfg: ImmuniseConfig, run_dir: Path) -> Path:
     spec = build_defence(method)
-    defence_cfg = load_config(spec.config_cls, base=cfg.defence)
+    defence_cfg = load_config(spec.config_cls, base=cfg.defence, label=f"defence '{method}' (defence.*)")
     model, tokenizer = load_model_source(cfg.model, cfg.cache_dir, cfg.trust_remote_code, cfg.organism)
     started = time.perf_counter()
     immunised = spec.run(model, tokenizer, defence_data(cfg), defence_cfg)
@@ -85,7 +85,8 @@ def immunise(
     run_dir: Optional[Path] = RUN_DIR_OPTION,
 ) -> None:
     """Immunise a model with a registered defence; writes RUN_DIR/model (safetensors)."""
-    build_defence(method)  # fail fast on a typo, before loading anything
+    spec = build_defence(method)  # fail fast on a typo, before loading anything
     cfg = resolve_config(ImmuniseConfig, config, overrides)
+    load_config(spec.config_cls, base=cfg.defence, label=f"defence '{method}' (defence.*)")  # validate first
     path = start_run(f"immunise-{method}", run_dir, cfg, None)
     run_immunise(method, cfg, path)
