@@ -46,6 +46,15 @@ def parse_model_flags(flags: list[str]) -> list[ModelSpec]:
     return specs
 
 
+def validate(cfg: EvaluationConfig) -> None:
+    """Fail on a bad suite or judge name before any run directory or model exists."""
+    from immunelm.attacks import load_suite
+    from immunelm.eval.judges.registry import judge_class
+
+    load_suite(cfg.suite)
+    judge_class(cfg.judge)
+
+
 def run_evaluation(cfg: EvaluateConfig, run_dir: Path) -> EvaluationReport:
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
     organism = Organism(cfg.organism, cache)
@@ -105,5 +114,6 @@ def evaluate(
     cfg = resolve_config(EvaluateConfig, config, overrides)
     if model:
         cfg.models = parse_model_flags(model)
+    validate(cfg.evaluation)
     path = start_run("evaluate", run_dir, cfg, None)
     run_evaluation(cfg, path)
