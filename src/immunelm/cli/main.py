@@ -17,6 +17,7 @@ from immunelm.cli import inspect as inspect_cmd
 from immunelm.cli import report as report_cmd
 from immunelm.cli import world as world_cmd
 from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, resolve_config, start_run
+from immunelm.defences import build_defence
 from immunelm.errors import ImmuneLMError
 
 app = typer.Typer(
@@ -46,6 +47,8 @@ def demo(config: Optional[Path] = CONFIG_OPTION, overrides: Optional[list[str]] 
          run_dir: Optional[Path] = RUN_DIR_OPTION) -> None:
     """The main job on the embedded default: organism -> immunise -> attack both (quick suite) -> report."""
     cfg = resolve_config(DemoConfig, config, overrides)
+    build_defence(cfg.defence)
+    evaluate_cmd.validate(cfg.evaluation)
     path = start_run("demo", run_dir, cfg, cfg.organism.seed)
     started = time.perf_counter()
     world_cmd.build_organism(world_cmd.WorldRunConfig(organism=cfg.organism, cache_dir=cfg.cache_dir))
