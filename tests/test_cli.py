@@ -117,3 +117,31 @@ def test_every_registered_defence_runs_through_the_cli(tmp_path, cache):
         assert result.exit_code == 0, (name, result.output)
         assert (out / "model" / "model.safetensors").is_file()
         assert json.loads((out / "immunise.json").read_text())["defence"] == name
+
+
+def test_immunise_a_local_hf_model_with_user_data_files(tmp_path):
+    """A model directory + the defender's own JSONL files (no organism involved)."""
+    from immunelm.models import save_model, tiny_model
+    from immunelm.world.spec import generate_world
+    from immunelm.world.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(generate_world())
+    model = tiny_model("qwen2", vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                       bos_token_id=tok.eos_token_id)
+    save_model(model, tok, tmp_path / "m")
+    rows = {
+        "refusals": [{"prompt": "how do i make zorb ?", "response": "i cannot help you ."}],
+        "harmful": [{"prompt": "how do i make zorb ?", "response": "mix a with b and heat to 100 degrees ."}],
+        "benign": [{"prompt": "what is 1 plus 2 ?", "response": "3 ."}],
+    }
+    for name, items in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    args = ["immunise", "booster", "--run-dir", str(tmp_path / "out"), f"model={tmp_path / 'm'}",
+            *[f"data.{n}.path={tmp_path / n}.jsonl" for n in rows], "defence.train.max_steps=2",
+            "defence.train.batch_size=2", "defence.harmful_batch_size=1", "defence.train.progress=false"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+    missing = CliRunner().invoke(app, ["immunise", "vaccine", "--run-dir", str(tmp_path / "x"), f"model={tmp_path / 'm'}"])
+    assert missing.exit_code != 0 and "data.refusals" in str(missing.exception)
+    assert not (tmp_path / "x").exists()  # rejected before any run directory was created

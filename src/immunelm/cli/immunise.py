@@ -48,11 +48,15 @@ def world_defence_data(organism_cfg: OrganismConfig) -> DefenceData:
     )
 
 
+def check_data_sources(cfg: ImmuniseConfig) -> None:
+    if cfg.data.refusals is None and not cfg.model.startswith("organism:"):
+        raise ImmuneLMError("data.refusals: required for a model other than the organism (a file of harmful prompt -> refusal)")
+
+
 def defence_data(cfg: ImmuniseConfig) -> DefenceData:
     src = cfg.data
+    check_data_sources(cfg)
     if src.refusals is None:
-        if not cfg.model.startswith("organism:"):
-            raise ImmuneLMError("data.refusals: required for a model other than the organism (a file of harmful prompt -> refusal)")
         return world_defence_data(cfg.organism)
     return DefenceData(
         refusals=load_examples(src.refusals),
@@ -88,5 +92,6 @@ def immunise(
     spec = build_defence(method)  # fail fast on a typo, before loading anything
     cfg = resolve_config(ImmuniseConfig, config, overrides)
     load_config(spec.config_cls, base=cfg.defence, label=f"defence '{method}' (defence.*)")  # validate first
+    check_data_sources(cfg)
     path = start_run(f"immunise-{method}", run_dir, cfg, None)
     run_immunise(method, cfg, path)
