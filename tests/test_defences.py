@@ -196,7 +196,8 @@ def test_booster_update_equals_formula_by_hand(tiny_llama):
     ids = torch.randint(2, 32, (3, 8), generator=gen)
     batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
     cfg = BoosterConfig(lam=5.0, alpha=0.1, harmful_batch_size=4)
-    step = BoosterStep(cfg, harmful_rows, PaddingCollator(0), seed=0)
+    from immunelm.defences.base import BatchStream
+    step = BoosterStep(cfg, BatchStream(harmful_rows, PaddingCollator(0), 4, 1))
     step(StepContext(model, get_accelerator(), 0, 1, 1), batch)
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

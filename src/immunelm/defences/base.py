@@ -74,3 +74,17 @@ class BatchStream:
     def next(self, device) -> dict:
         batch = self.collate([self.rows[i] for i in next(self._batches)])
         return {k: v.to(device) for k, v in batch.items()}
+
+
+def pad_collator(tokenizer):
+    from immunelm.data import PaddingCollator
+
+    return PaddingCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+
+def harmful_stream(tokenizer, data: DefenceData, batch_size: int, seed: int) -> BatchStream:
+    """Batches of the defender's (harmful prompt, harmful answer) pairs, seeded apart from the
+    engine's own data order."""
+    from immunelm.data import encode_example
+
+    return BatchStream([encode_example(tokenizer, e) for e in data.harmful], pad_collator(tokenizer), batch_size, seed + 1)

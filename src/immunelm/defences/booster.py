@@ -20,8 +20,7 @@ import torch
 from pydantic import Field
 
 from immunelm.config import Config
-from immunelm.data import PaddingCollator, encode_example
-from immunelm.defences.base import BatchStream, DefenceData, register_defence
+from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, pad_collator, register_defence
 from immunelm.defences.vaccine import alignment_rows
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
 
@@ -41,9 +40,8 @@ def attenuation(g_h: list[torch.Tensor], g_h_shifted: list[torch.Tensor], lam: f
 
 
 class BoosterStep:
-    def __init__(self, cfg: BoosterConfig, harmful_rows: list[dict], collate, seed: int) -> None:
-        self.cfg = cfg
-        self.harmful = BatchStream(harmful_rows, collate, cfg.harmful_batch_size, seed + 1)
+    def __init__(self, cfg: BoosterConfig, harmful: BatchStream) -> None:
+        self.cfg, self.harmful = cfg, harmful
 
     @staticmethod
     def _loss(model, batch) -> torch.Tensor:
@@ -78,8 +76,5 @@ class BoosterStep:
 
 @register_defence("booster", BoosterConfig, paper="https://arxiv.org/abs/2409.01586")
 def booster(model, tokenizer, data: DefenceData, cfg: BoosterConfig):
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    collate = PaddingCollator(pad)
-    harmful_rows = [encode_example(tokenizer, e) for e in data.harmful]
-    step = BoosterStep(cfg, harmful_rows, collate, cfg.train.seed)
-    return train(cfg.train, model, alignment_rows(tokenizer, data), collate, step_fn=step, description="booster").model
+    step = BoosterStep(cfg, harmful_stream(tokenizer, data, cfg.harmful_batch_size, cfg.train.seed))
+    return train(cfg.train, model, alignment_rows(tokenizer, data), pad_collator(tokenizer), step_fn=step, description="booster").model

@@ -20,8 +20,7 @@ import torch
 from pydantic import Field
 
 from immunelm.config import Config
-from immunelm.data import PaddingCollator, encode_example
-from immunelm.defences.base import BatchStream, DefenceData, register_defence
+from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, pad_collator, register_defence
 from immunelm.defences.vaccine import KIND, alignment_rows, vaccine_perturbation
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
 from immunelm.models import ModelAdapter
@@ -110,14 +109,11 @@ def freeze_outside_blocks(model) -> None:
 
 @register_defence("t-vaccine", TVaccineConfig, paper="https://arxiv.org/abs/2410.09760")
 def t_vaccine(model, tokenizer, data: DefenceData, cfg: TVaccineConfig):
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    collate = PaddingCollator(pad)
-    harmful = BatchStream([encode_example(tokenizer, e) for e in data.harmful], collate, cfg.harmful_batch_size,
-                          cfg.train.seed + 1)
+    harmful = harmful_stream(tokenizer, data, cfg.harmful_batch_size, cfg.train.seed)
     if not cfg.train.lora:
         freeze_outside_blocks(model)
     step = TVaccineStep(cfg, harmful, cfg.train.seed)
-    trained = train(cfg.train, model, alignment_rows(tokenizer, data), collate, step_fn=step, description="t-vaccine").model
+    trained = train(cfg.train, model, alignment_rows(tokenizer, data), pad_collator(tokenizer), step_fn=step, description="t-vaccine").model
     if not cfg.train.lora:
         trained.requires_grad_(True)  # hand back an ordinary, fully trainable model
     return trained
