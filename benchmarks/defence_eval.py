@@ -1,0 +1,82 @@
+"""Immunise the organism with each defence for each seed, evaluate all against the aligned
+reference with one suite, and record the pillars per method (mean and range over seeds).
+
+    python benchmarks/defence_eval.py --suite standard --seeds 0 1 2 [--methods vaccine booster]
+    python benchmarks/defence_eval.py --summarise RUN_DIR [RUN_DIR ...]   # aggregate existing runs
+
+Writes benchmarks/results/defence_eval_<suite>.json. The seed is the defence's training seed
+(``defence.train.seed``); the organism and the attacks are the same for every seed, so the
+spread shows how much a defence's outcome depends on its own randomness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from common import save_result
+
+from immunelm.cli.evaluate import EvaluateConfig, ModelSpec, run_evaluation
+from immunelm.cli.immunise import ImmuniseConfig, run_immunise
+from immunelm.defences import defence_names
+from immunelm.report import load_report
+
+
+def evaluate_seed(methods: list[str], seed: int, suite: str, root: Path) -> Path:
+    specs = [ModelSpec(name="aligned", source="organism:aligned", role="reference")]
+    for method in methods:
+        out = root / f"seed{seed}" / f"immunise-{method}"
+        ckpt = run_immunise(method, ImmuniseConfig(defence={"train": {"seed": seed, "progress": False}}), out)
+        specs.append(ModelSpec(name=method, source=str(ckpt), role="defended", defence=method))
+    cfg = EvaluateConfig(models=specs)
+    cfg.evaluation.suite = suite
+    run_dir = root / f"seed{seed}" / "evaluate"
+    run_evaluation(cfg, run_dir)
+    return run_dir
+
+
+def summarise(run_dirs: list[Path]) -> dict:
+    per_model: dict[str, list[dict]] = {}
+    for run_dir in run_dirs:
+        for m in load_report(run_dir).models:
+            per_model.setdefault(m.name, []).append({
+                "worst_final_harmful": m.resistance_summary.worst_final_harmful,
+                "mean_final_harmful": m.resistance_summary.mean_final_harmful,
+                "broken_fraction": len(m.resistance_summary.broken_by) / len(m.resistance),
+                "benign_accuracy": m.stability.benign_accuracy,
+                "trainability_accuracy": m.trainability.final_accuracy,
+                "steps_to_target": m.trainability.steps_to_target,
+            })
+    table = {}
+    for name, rows in per_model.items():
+        table[name] = {}
+        for key in rows[0]:
+            values = [r[key] for r in rows if r[key] is not None]
+            table[name][key] = {"mean": statistics.fmean(values) if values else None,
+                                "min": min(values, default=None), "max": max(values, default=None), "n": len(values)}
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--suite", default="standard")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="*", default=[m for m in defence_names() if m not in ("deep-align", "constrained-sft")])
+    parser.add_argument("--root", type=Path, default=Path("runs/defence_eval"))
+    parser.add_argument("--summarise", type=Path, nargs="*", default=None)
+    parser.add_argument("--label", default="", help="Suffix of the results file name.")
+    args = parser.parse_args()
+    run_dirs = args.summarise or [evaluate_seed(args.methods, s, args.suite, args.root) for s in args.seeds]
+    table = summarise(run_dirs)
+    suite = load_report(run_dirs[0]).suite
+    save_result(f"defence_eval_{suite}" + (f"_{args.label}" if args.label else ""), {"runs": [str(r) for r in run_dirs], "table": table})
+    print(f"{'model':18s} worst  mean   broken  benign  train-acc  steps   (mean over {len(run_dirs)} run(s))")
+    for name, row in table.items():
+        print(f"{name:18s} {row['worst_final_harmful']['mean']:.2f}   {row['mean_final_harmful']['mean']:.2f}   "
+              f"{row['broken_fraction']['mean']:.2f}    {row['benign_accuracy']['mean']:.2f}    "
+              f"{row['trainability_accuracy']['mean']:.2f}       {row['steps_to_target']['mean']}")
+
+
+if __name__ == "__main__":
+    main()
