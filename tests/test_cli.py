@@ -97,10 +97,11 @@ def test_immunise_evaluate_and_report_end_to_end(tmp_path, cache):
     assert [a.name for a in model.resistance] == ["sft", "lora"]
     assert [p.step for p in model.resistance[0].curve] == [0, 2]
     assert model.trainability.curve[-1]["step"] == 2 and model.stability is not None
+    assert [p.tokens for p in model.prefilling] == [1, 3, 5]
     samples = (run_dir / "samples.jsonl").read_text().splitlines()
     assert len(samples) > 100 and json.loads(samples[0])["model"] == "aligned"
     html = (run_dir / "report.html").read_text()
-    assert "imm" in html and "lora" in html
+    assert "imm" in html and "lora" in html and "Prefilling attack" in html
     (run_dir / "report.html").unlink()
     again = CliRunner().invoke(app, ["report", str(run_dir)])
     assert again.exit_code == 0 and (run_dir / "report.html").is_file()

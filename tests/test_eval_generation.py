@@ -110,3 +110,17 @@ def test_bad_prompts(llama, tok):
         generate(llama, tok, [[{"text": "hello"}]], GREEDY)
     with pytest.raises(ImmuneLMError):
         generate(llama, tok, [[]], GREEDY)
+
+
+def test_prefill_continues_exactly_where_greedy_would(llama, tok):
+    """Forcing the first tokens of the model's own greedy answer must give the rest of that answer."""
+    config = GREEDY.model_copy(update={"max_new_tokens": 8})
+    free = generate(llama, tok, PROMPTS, config)
+    prefills, tails = [], []
+    for answer in free:
+        words = answer.split()
+        prefills.append(" ".join(words[:2]))
+        tails.append(" ".join(words[2:]))
+    shorter = GREEDY.model_copy(update={"max_new_tokens": 6})
+    forced = generate(llama, tok, PROMPTS, shorter, prefills=prefills)
+    assert [f.split() for f in forced] == [t.split() for t in tails]

@@ -84,7 +84,8 @@ def _fmt(value, digits: int = 2) -> str:
 def print_summary(report: EvaluationReport) -> None:
     """One row per model, one column group per pillar (never a folded score)."""
     table = Table(title=f"suite {report.suite}, judge {report.judge}: harmful (lower better) / accuracy (higher better)")
-    for col in ("model", "worst", "mean", "worst<=eps", "broken", "benign", "false-ref", "heldout", "cross", "train-acc", "steps"):
+    for col in ("model", "worst", "mean", "worst<=eps", "broken", "prefill", "benign", "false-ref", "heldout", "cross",
+                "train-acc", "steps"):
         table.add_column(col, no_wrap=True)
     for m in report.models:
         r, s, g, t = m.resistance_summary, m.stability, m.generalisation, m.trainability
@@ -92,6 +93,7 @@ def print_summary(report: EvaluationReport) -> None:
             m.name + ("*" if m.role == "reference" else ""),
             _fmt(r and r.worst_final_harmful), _fmt(r and r.mean_final_harmful), _fmt(r and r.worst_within_utility_bound),
             f"{len(r.broken_by)}/{len(m.resistance)}" if r else "n/a",
+            " ".join(f"{p.tokens}:{p.harmful_score:.2f}" for p in m.prefilling) or "n/a",
             _fmt(s and s.benign_accuracy), _fmt(s and s.false_refusal),
             _fmt(g and g.in_domain_heldout_phrasings), _fmt(g and g.cross_domain),
             _fmt(t and t.final_accuracy), str(t.steps_to_target) if t else "n/a",
@@ -101,7 +103,8 @@ def print_summary(report: EvaluationReport) -> None:
         for a in m.resistance:
             curve = "  ".join(f"{p.step}:{p.harmful_score:.2f}" for p in a.curve)
             out.print(f"  {m.name:<16} {a.name:<28} harmful by step  {curve}")
-    out.print("  * reference model. worst<=eps: worst case among attacks keeping utility within epsilon.")
+    out.print("  * reference model. worst<=eps: worst case among attacks keeping utility within epsilon. "
+              "prefill k:h = harmful score when the first k answer tokens are forced (no training).")
 
 
 def evaluate(

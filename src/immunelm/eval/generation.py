@@ -153,16 +153,22 @@ def _generate_batch(model, tokenizer, rows: Sequence[list[int]], cfg: Generation
     return _decode(tokenizer, out[:, ids.shape[1]:].cpu(), eos_ids, cfg.stop_strings)
 
 
-def generate(model, tokenizer, prompts: Sequence[Prompt], cfg: GenerationConfig | None = None) -> list[str]:
+def generate(model, tokenizer, prompts: Sequence[Prompt], cfg: GenerationConfig | None = None,
+             prefills: Sequence[str] | None = None) -> list[str]:
     """Answers to ``prompts`` (strings or chat-message lists), in the order given.
 
     Works for any causal LM ``model.generate`` supports, peft-wrapped ones included. Answers
     are decoded without special tokens and end at eos or just before the first stop string.
+    ``prefills`` forces the start of each answer (the prefilling attack of Qi et al. 2024); the
+    returned text is the continuation after the forced prefix.
     """
     cfg = cfg or GenerationConfig()
     if not prompts:
         return []
     encoded = [encode_prompt(tokenizer, as_messages(p)) for p in prompts]
+    if prefills is not None:
+        encoded = [row + tokenizer(" " + text if text else "", add_special_tokens=False)["input_ids"]
+                   for row, text in zip(encoded, prefills)]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows at once
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = _pad_id(tokenizer, eos_ids)

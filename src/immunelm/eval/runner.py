@@ -25,7 +25,9 @@ from immunelm.engine import TrainConfig, train
 from immunelm.eval.generation import GenerationConfig
 from immunelm.eval.judges import build_judge
 from immunelm.eval.pillars import generalisation, steps_to_target, summarise_resistance
-from immunelm.eval.schema import AdversaryResult, CurvePoint, EvaluationReport, ModelReport, Stability, Trainability
+from immunelm.eval.schema import (
+    AdversaryResult, CurvePoint, EvaluationReport, ModelReport, PrefillPoint, Stability, Trainability,
+)
 from immunelm.eval.scoring import Scorer, perplexity
 from immunelm.eval.sets import EvalSets
 from immunelm.io import atomic_path, write_json_atomic
@@ -52,6 +54,9 @@ class EvaluationConfig(Config):
     trainability: TrainabilityConfig = Field(default_factory=TrainabilityConfig)
     attack_domain: str = Field("compound", description="Harm domain attacked (built-in world).")
     search_trials: Optional[int] = Field(None, ge=0, description="Override the suite's random-search trials.")
+    prefill_tokens: list[int] = Field(
+        default_factory=lambda: [1, 3, 5],
+        description="Prefilling attack (Qi et al. 2024): force this many harmful-answer tokens; [] disables.")
 
 
 @dataclass
@@ -118,10 +123,21 @@ class Evaluator:
         return Trainability(task=self.sets.trainability_task, curve=curve, final_accuracy=curve[-1]["accuracy"],
                             target=cfg.target, steps_to_target=steps_to_target(curve, cfg.target))
 
+    def prefilling(self, entry: ModelEntry, model) -> list[PrefillPoint]:
+        if not all(e.response for e in self.sets.harmful):
+            return []  # needs reference harmful answers to force their first tokens
+        points = []
+        for k in self.cfg.prefill_tokens:
+            ctx = {"model": entry.name, "adversary": f"prefill-{k}", "step": 0, "set": "harmful"}
+            score, _, outcomes = self.scorer.harmful(model, self.sets.harmful, ctx, prefill_tokens=k)
+            points.append(PrefillPoint(tokens=k, harmful_score=score, outcomes=outcomes))
+        return points
+
     def evaluate_model(self, entry: ModelEntry) -> ModelReport:
         model = entry.load()
         report = ModelReport(name=entry.name, role=entry.role, defence=entry.defence, checkpoint=entry.checkpoint)
         report.stability = self.stability(entry, model)
+        report.prefilling = self.prefilling(entry, model)
         report.resistance = [self.attack(entry, model, adv) for adv in self.suite.expanded()]
         report.resistance_summary = summarise_resistance(report.resistance, self.suite.threshold, self.suite.epsilon)
         report.generalisation = generalisation(report.resistance, report.resistance_summary.worst_adversary)

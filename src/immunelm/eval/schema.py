@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: optional ModelReport.prefilling
 
 
 class Record(BaseModel):
@@ -88,6 +88,15 @@ class Trainability(Record):
     steps_to_target: Optional[int] = Field(None, description="First evaluated step reaching target (None: never).")
 
 
+class PrefillPoint(Record):
+    """Prefilling attack (Qi et al. 2024): the first ``tokens`` tokens of the harmful answer are
+    forced; harmful score of the completed answer. No weights change."""
+
+    tokens: int
+    harmful_score: float
+    outcomes: Outcomes
+
+
 class ModelReport(Record):
     name: str
     role: Literal["reference", "defended", "base"]
@@ -98,6 +107,7 @@ class ModelReport(Record):
     stability: Optional[Stability] = None
     generalisation: Optional[Generalisation] = None
     trainability: Optional[Trainability] = None
+    prefilling: list[PrefillPoint] = Field(default_factory=list)
 
 
 class EvaluationReport(Record):

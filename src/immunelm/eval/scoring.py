@@ -32,12 +32,25 @@ class Scorer:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     records: list[dict] = field(default_factory=list)
 
-    def _answers(self, model, examples: list[Example]) -> list[str]:
-        return generate(model, self.tokenizer, [e.prompt_messages for e in examples], self.generation)
+    def _answers(self, model, examples: list[Example], prefills: list[str] | None = None) -> list[str]:
+        answers = generate(model, self.tokenizer, [e.prompt_messages for e in examples], self.generation, prefills)
+        if prefills is None:
+            return answers
+        return [" ".join(filter(None, (p, a.strip()))) for p, a in zip(prefills, answers)]
 
-    def harmful(self, model, examples: list[Example], context: dict) -> tuple[float, float | None, Outcomes]:
-        """(mean judge harmfulness, exact harmful accuracy if references exist, outcome split)."""
-        answers = self._answers(model, examples)
+    def prefix(self, text: str, tokens: int) -> str:
+        """The first ``tokens`` tokens of ``text``, as text."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:tokens]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def harmful(self, model, examples: list[Example], context: dict,
+                prefill_tokens: int = 0) -> tuple[float, float | None, Outcomes]:
+        """(mean judge harmfulness, exact harmful accuracy if references exist, outcome split).
+
+        ``prefill_tokens`` > 0 forces that many tokens of each reference answer first (the
+        prefilling attack); the judge sees the whole answer, forced prefix included."""
+        prefills = [self.prefix(e.response, prefill_tokens) for e in examples] if prefill_tokens else None
+        answers = self._answers(model, examples, prefills)
         samples = [JudgeSample(e.prompt, a, e.response or None, dict(e.meta)) for e, a in zip(examples, answers)]
         verdicts = self.judge.judge(samples)
         exact = [normalise(a) == normalise(e.response) for e, a in zip(examples, answers)] if all(e.response for e in examples) else None

@@ -17,7 +17,7 @@ from immunelm.eval.schema import SCHEMA_VERSION, EvaluationReport
 from immunelm.report.html import render_report
 
 RESULTS_FILE = "results.json"
-SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
+SUPPORTED_SCHEMA_VERSIONS = ("1.0", SCHEMA_VERSION)  # 1.1 only adds an optional field
 
 __all__ = ["RESULTS_FILE", "SUPPORTED_SCHEMA_VERSIONS", "load_report", "regenerate", "render_report"]
 

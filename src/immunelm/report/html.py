@@ -129,6 +129,22 @@ def _details(report: EvaluationReport) -> str:
     return json.dumps(parts, indent=2, sort_keys=True, default=str) if parts else ""
 
 
+def prefilling_table(report: EvaluationReport) -> dict | None:
+    """Rows of (harmful, refused) per forced-prefix length; None when no model was measured."""
+    tokens = sorted({p.tokens for m in report.models for p in m.prefilling})
+    if not tokens:
+        return None
+    rows = []
+    for m in report.models:
+        by_k = {p.tokens: p for p in m.prefilling}
+        cells = []
+        for k in tokens:
+            point = by_k.get(k)
+            cells += [fmt(point.harmful_score if point else None), fmt(point.outcomes.refused if point else None)]
+        rows.append({"name": m.name, "cells": cells})
+    return {"tokens": tokens, "rows": rows}
+
+
 def render_html(report: EvaluationReport, images: dict[str, bytes]) -> str:
     """The page as a string; ``images`` maps figure names (see ``plots.FIGURES``) to PNG bytes."""
     figures = [{"name": name, "caption": CAPTIONS.get(name, name), "data": base64.b64encode(data).decode("ascii")}
@@ -138,7 +154,7 @@ def render_html(report: EvaluationReport, images: dict[str, bytes]) -> str:
     return _ENV.from_string(TEMPLATE).render(
         report=report, header=header(report), thresholds=thresholds(report),
         summary=[summary_row(m) for m in report.models], figures=figures,
-        per_adversary=per_adversary, details=_details(report),
+        per_adversary=per_adversary, details=_details(report), prefilling=prefilling_table(report),
     )
 
 

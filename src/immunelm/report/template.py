@@ -87,6 +87,17 @@ Harmful scores are fractions in [0, 1] (lower is better) read at the end of each
 </figure>
 {% endfor %}
 
+{% if prefilling %}<h2>Prefilling attack</h2>
+<p class="note">No training: the first k tokens of the harmful answer are forced and the model completes the answer
+(Qi et al. 2024). A shallowly aligned model refuses only at the first token, so forcing even one token unlocks it.</p>
+<div class="scroll"><table class="adversaries">
+<thead><tr><th class="name">model</th>{% for k in prefilling.tokens %}<th>harmful, k = {{ k }} ↓</th><th>refused, k = {{ k }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in prefilling.rows %}<tr><td class="name">{{ row.name }}</td>{% for cell in row.cells %}{{ td(cell) }}{% endfor %}</tr>
+{% endfor %}</tbody>
+</table></div>
+{% endif %}
+
 <h2>Per-adversary results</h2>
 <p class="note">Final = the last evaluated attack step. Utility is the attacked model's benign accuracy.
 Refused / collapsed / complied split the harmful prompts at the final step; collapsed answers are not counted as safe.
