@@ -300,3 +300,17 @@ def test_lapt_noise_matches_activation_statistics_and_interpolation():
     interpolate(layer, original, keep=0.25)
     for n, p in layer.named_parameters():
         torch.testing.assert_close(p.detach(), 0.25 * trained[n])
+
+
+def test_repnoise_mmd_subsampling_bounds_rows(tok, monkeypatch):
+    import immunelm.defences.repnoise as repnoise
+
+    rows = []
+    real = repnoise.gaussian_mmd
+    monkeypatch.setattr(repnoise, "gaussian_mmd", lambda x, y, bw: rows.append(x.shape[0]) or real(x, y, bw))
+    train_cfg = TrainConfig(max_steps=2, batch_size=4, lr=1e-2, progress=False)
+    immunise("repnoise", fresh_model("llama", tok), tok, CONFORMANCE_DATA, repnoise.RepNoiseConfig(train=train_cfg))
+    full = rows[-1]
+    immunise("repnoise", fresh_model("llama", tok), tok, CONFORMANCE_DATA,
+             repnoise.RepNoiseConfig(mmd_max_tokens=4, train=train_cfg))
+    assert full > 4 and rows[-1] == 4

@@ -19,6 +19,8 @@ Defaults beta = 0.001, alpha = 1 (paper); Booster's reproduction used alpha = 0.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -36,6 +38,8 @@ class RepNoiseConfig(Config):
     beta: float = Field(0.001, ge=0, description="Weight of the MMD-to-noise term (paper 0.001).")
     bandwidths: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], description="Gaussian kernel sigmas (x sqrt(dim)).")
     harmful_batch_size: int = Field(32, ge=1, description="Harmful pairs per step.")
+    mmd_max_tokens: Optional[int] = Field(
+        None, ge=2, description="Random subset of activation rows for the MMD (its cost is quadratic); None = all.")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(lr=1.5e-4, batch_size=32, max_steps=300, log_every=25),
         description="Engine settings (paper: lr 2e-5 on 7B models).")
@@ -71,6 +75,8 @@ class RepNoiseStep:
             ctx.model(input_ids=harm["input_ids"], attention_mask=harm["attention_mask"])
         response = harm["labels"] != IGNORE_INDEX
         acts = torch.cat([h[response] for h in hidden.values()])
+        if self.cfg.mmd_max_tokens and acts.shape[0] > self.cfg.mmd_max_tokens:
+            acts = acts[torch.randperm(acts.shape[0], device=acts.device)[: self.cfg.mmd_max_tokens]]
         noise = torch.randn_like(acts)
         mmd = gaussian_mmd(acts, noise, self.cfg.bandwidths)
         harmful_ce = layer_ce(adapter, hidden, harm["labels"])
