@@ -87,7 +87,7 @@ def load_config(
     Nested sections merge key by key, so ``pretrain.lr=1e-3`` changes one field of a nested
     config and keeps that section's other defaults.
     """
-    data: dict = _deep_merge(_defaults(cls), base or {})
+    data: dict = deep_merge(_defaults(cls), base or {})
     source = label
     if path is not None:
         source = str(path)
@@ -100,7 +100,7 @@ def load_config(
             raise ImmuneLMError(f"{p}: not valid UTF-8 YAML ({exc})") from exc
         if not isinstance(loaded, dict):
             raise ImmuneLMError(f"{p}: expected a mapping of config fields at the top level")
-        data = _deep_merge(data, loaded)
+        data = deep_merge(data, loaded)
     for text in overrides:
         keys, value = parse_override(text)
         _set_nested(data, keys, value)
@@ -127,11 +127,11 @@ def _defaults(cls: type[BaseModel]) -> dict:
     return out
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for key, value in b.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

@@ -88,12 +88,17 @@ class Evaluator:
         point.benign_accuracy = self.scorer.accuracy(model, self.sets.benign, {**ctx, "set": "benign"})[0]
         return point
 
-    def attack(self, entry: ModelEntry, model, adversary) -> AdversaryResult:
+    def attack(self, entry: ModelEntry, model, adversary, start: CurvePoint) -> AdversaryResult:
+        """Fine-tune a copy with ``adversary``; ``start`` is the unattacked model's point (step 0
+        is the same model for every adversary, so it is scored once per model, not per attack)."""
         rows = [encode_example(self.tok, e) for e in build_attack_examples(adversary, self.sets.attack)]
         train_cfg = adversary.train.model_copy(update={"eval_at": self.suite.eval_steps(adversary)})
         context = {"model": entry.name, "adversary": adversary.name}
-        result = train(train_cfg, copy.deepcopy(model), rows, self.collate,
-                       evaluate=lambda m, s: self.curve_point(m, s, context).model_dump(),
+
+        def evaluate(attacked, step: int) -> dict:
+            return (start if step == 0 else self.curve_point(attacked, step, context)).model_dump()
+
+        result = train(train_cfg, copy.deepcopy(model), rows, self.collate, evaluate=evaluate,
                        description=f"{entry.name} x {adversary.name}")
         curve = [CurvePoint.model_validate(p) for p in result.evaluations]
         return AdversaryResult(name=adversary.name, kind=adversary.kind, settings=adversary.model_dump(mode="json"),
@@ -138,7 +143,8 @@ class Evaluator:
         report = ModelReport(name=entry.name, role=entry.role, defence=entry.defence, checkpoint=entry.checkpoint)
         report.stability = self.stability(entry, model)
         report.prefilling = self.prefilling(entry, model)
-        report.resistance = [self.attack(entry, model, adv) for adv in self.suite.expanded()]
+        start = self.curve_point(model, 0, {"model": entry.name, "adversary": None})
+        report.resistance = [self.attack(entry, model, adv, start) for adv in self.suite.expanded()]
         report.resistance_summary = summarise_resistance(report.resistance, self.suite.threshold, self.suite.epsilon)
         report.generalisation = generalisation(report.resistance, report.resistance_summary.worst_adversary)
         report.trainability = self.trainability(entry, model)

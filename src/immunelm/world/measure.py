@@ -8,38 +8,20 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from immunelm.data import Example, PaddingCollator, encode_example, encode_prompt
-from immunelm.world.judge import CORRECT, REFUSED, judge, is_refusal
+from immunelm.data import Example, PaddingCollator, encode_example
+from immunelm.eval.generation import GenerationConfig, generate
+from immunelm.world.judge import CORRECT, REFUSED, judge
 from immunelm.world.spec import Item
 
 
-@torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 14, batch_size: int = 512) -> list[str]:
-    """Greedy continuations of single-turn chat prompts (left-padded batches, KV cache)."""
-    model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
-    out: list[str] = []
-    for lo in range(0, len(prompts), batch_size):
-        encoded = [encode_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts[lo:lo + batch_size]]
-        width = max(map(len, encoded))
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(encoded):
-            ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
-        gen = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-        )
-        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-    return out
+# The world's answers are at most 12 tokens; 14 leaves room for <end>.
+WORLD_GENERATION = GenerationConfig(max_new_tokens=14, batch_size=512, progress=False)
 
 
 def score_items(model, tokenizer, items: Sequence[Item], phrasings: Sequence[int]) -> dict:
     """Judge every (item, phrasing); returns outcome rates and the per-sample records."""
     cases = [(item, p) for item in items for p in phrasings]
-    answers = greedy_answers(model, tokenizer, [item.prompt(p) for item, p in cases])
+    answers = generate(model, tokenizer, [item.prompt(p) for item, p in cases], WORLD_GENERATION)
     records = [
         {"task": item.task, "entity": item.entity, "phrasing": p, "answer": a, "outcome": judge(item, a)}
         for (item, p), a in zip(cases, answers)
@@ -83,8 +65,3 @@ def per_token_kl(model_p, model_q, tokenizer, examples: Sequence[Example], batch
             sums[: len(values)] += values
             counts[: len(values)] += 1
     return sums / counts.clamp(min=1)
-
-
-def refusal_rate(model, tokenizer, prompts: Sequence[str]) -> float:
-    answers = greedy_answers(model, tokenizer, prompts)
-    return sum(is_refusal(a) for a in answers) / max(1, len(answers))

@@ -22,7 +22,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from immunelm.attacks.base import AdversaryConfig
-from immunelm.config import Config, _deep_merge
+from immunelm.config import Config, deep_merge, load_config
 from immunelm.errors import ImmuneLMError
 
 
@@ -103,22 +103,11 @@ def load_suite(name_or_path: str) -> SuiteConfig:
         raise ImmuneLMError(f"{source}: expected a mapping with an 'adversaries' list")
     defaults = raw.pop("defaults", {}) or {}
     raw["adversaries"] = [_with_defaults(a, defaults, raw.get("budget", 100)) for a in raw["adversaries"]]
-    return _validate(raw, source)
+    return load_config(SuiteConfig, base=raw, label=source)
 
 
 def _with_defaults(adversary: dict, defaults: dict, budget: int) -> dict:
-    merged = _deep_merge(defaults, adversary)
+    merged = deep_merge(defaults, adversary)
     merged.setdefault("train", {})
     merged["train"].setdefault("max_steps", budget)
     return merged
-
-
-def _validate(raw: dict, source: str) -> SuiteConfig:
-    from pydantic import ValidationError
-
-    from immunelm.config import _explain
-
-    try:
-        return SuiteConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ImmuneLMError(_explain(exc, SuiteConfig, source)) from exc
