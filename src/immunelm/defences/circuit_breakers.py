@@ -67,16 +67,24 @@ class CircuitBreakersStep:
     def __init__(self, cfg: CircuitBreakersConfig, harmful: BatchStream, frozen=None) -> None:
         self.cfg, self.harmful, self.frozen = cfg, harmful, frozen
         self.adapter: ModelAdapter | None = None
+        self.frozen_adapter = ModelAdapter(frozen) if frozen is not None else None
 
     def _reps(self, model, batch, layers, original: bool) -> list[torch.Tensor]:
-        unwrapped = model
-        if original and self.frozen is not None:
-            unwrapped = self.frozen
-        adapter = ModelAdapter(unwrapped) if unwrapped is not model else self.adapter
-        disable = unwrapped.disable_adapter() if original and self.frozen is None else nullcontext()
-        with disable, adapter.read_outputs(layers) as hidden, (torch.no_grad() if original else nullcontext()):
-            unwrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        """Hidden states at ``layers``: of the model being trained, or of the original model
+        (the frozen copy, or the same network with its LoRA adapters disabled), without grad."""
+        net, adapter, context = model, self.adapter, nullcontext()
+        if original:
+            if self.frozen is not None:
+                net, adapter = self.frozen, self.frozen_adapter
+            else:
+                context = model.disable_adapter()
+        with context, adapter.read_outputs(layers) as hidden, (torch.no_grad() if original else nullcontext()):
+            net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return [hidden[layer] for layer in layers]
+
+    def _mean_loss(self, loss_fn, model, batch, layers) -> torch.Tensor:
+        pairs = zip(self._reps(model, batch, layers, False), self._reps(model, batch, layers, True))
+        return sum(loss_fn(a, b, batch["attention_mask"]) for a, b in pairs) / len(layers)
 
     def __call__(self, ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         model = ctx.accelerator.unwrap_model(ctx.model)
@@ -84,10 +92,8 @@ class CircuitBreakersStep:
         layers = target_layers(self.adapter.num_layers, self.cfg.target_depths)
         harm = self.harmful.next(batch["input_ids"].device)
         c_rr, c_ret = coefficients(ctx.step, ctx.total_steps, self.cfg.alpha)
-        rr = sum(reroute_loss(a, b, harm["attention_mask"]) for a, b in
-                 zip(self._reps(model, harm, layers, False), self._reps(model, harm, layers, True))) / len(layers)
-        ret = sum(retain_loss(a, b, batch["attention_mask"]) for a, b in
-                  zip(self._reps(model, batch, layers, False), self._reps(model, batch, layers, True))) / len(layers)
+        rr = self._mean_loss(reroute_loss, model, harm, layers)
+        ret = self._mean_loss(retain_loss, model, batch, layers)
         loss = c_rr * rr + c_ret * ret
         ctx.backward(loss)
         return {"loss": loss.detach(), "reroute": rr.detach(), "retain": ret.detach()}
