@@ -48,8 +48,7 @@ def run(cfg: FinetuneConfig, run_dir: Path, resume: bool = False) -> Path:
     with accelerator.main_process_first():  # one process builds/converts caches, the others reuse them
         model, tokenizer = load_model_source(cfg.model, cfg.cache_dir, cfg.trust_remote_code, cfg.organism)
     rows = [encode_example(tokenizer, e, cfg.max_length) for e in load_examples(cfg.data)]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    result = train(cfg.train, model, rows, PaddingCollator(pad), output_dir=run_dir, accelerator=accelerator,
+    result = train(cfg.train, model, rows, PaddingCollator.for_tokenizer(tokenizer), output_dir=run_dir, accelerator=accelerator,
                    resume=resume, description="finetune")
     if accelerator.is_main_process:
         final = result.model.merge_and_unload() if cfg.train.lora else result.model

@@ -59,6 +59,11 @@ class PaddingCollator:
 
     pad_token_id: int
 
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> "PaddingCollator":
+        """Pads with the tokenizer's pad id (0 if it has none: padded positions are masked anyway)."""
+        return cls(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
     def __call__(self, rows: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)

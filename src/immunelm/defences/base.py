@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from immunelm.config import Config
-from immunelm.data import Example
+from immunelm.data import Example, PaddingCollator, encode_example
+from immunelm.engine.sampling import BatchOrder
 from immunelm.errors import ImmuneLMError
 from immunelm.registry import unknown_name
 
@@ -65,8 +66,6 @@ class BatchStream:
     def __init__(self, rows: list[dict], collate, batch_size: int, seed: int, what: str = "harmful") -> None:
         if not rows:
             raise ImmuneLMError(f"this defence needs {what} examples but data.{what} is empty")
-        from immunelm.engine.sampling import BatchOrder
-
         self.rows, self.collate = rows, collate
         self.order = BatchOrder(len(rows), batch_size, seed)
         self._batches = self.order.batches()
@@ -76,15 +75,8 @@ class BatchStream:
         return {k: v.to(device) for k, v in batch.items()}
 
 
-def pad_collator(tokenizer):
-    from immunelm.data import PaddingCollator
-
-    return PaddingCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-
-
 def harmful_stream(tokenizer, data: DefenceData, batch_size: int, seed: int) -> BatchStream:
     """Batches of the defender's (harmful prompt, harmful answer) pairs, seeded apart from the
     engine's own data order."""
-    from immunelm.data import encode_example
-
-    return BatchStream([encode_example(tokenizer, e) for e in data.harmful], pad_collator(tokenizer), batch_size, seed + 1)
+    rows = [encode_example(tokenizer, e) for e in data.harmful]
+    return BatchStream(rows, PaddingCollator.for_tokenizer(tokenizer), batch_size, seed + 1)

@@ -20,7 +20,8 @@ import torch
 from pydantic import Field
 
 from immunelm.config import Config
-from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, pad_collator, register_defence
+from immunelm.data import PaddingCollator
+from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
 from immunelm.defences.vaccine import alignment_rows
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
 
@@ -77,4 +78,4 @@ class BoosterStep:
 @register_defence("booster", BoosterConfig, paper="https://arxiv.org/abs/2409.01586")
 def booster(model, tokenizer, data: DefenceData, cfg: BoosterConfig):
     step = BoosterStep(cfg, harmful_stream(tokenizer, data, cfg.harmful_batch_size, cfg.train.seed))
-    return train(cfg.train, model, alignment_rows(tokenizer, data), pad_collator(tokenizer), step_fn=step, description="booster").model
+    return train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer), step_fn=step, description="booster").model

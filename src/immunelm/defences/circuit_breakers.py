@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from immunelm.config import Config
-from immunelm.data import encode_example
-from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, pad_collator, register_defence
+from immunelm.data import PaddingCollator, encode_example
+from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
 from immunelm.engine import LoraSettings, StepContext, TrainConfig, train
 from immunelm.models import ModelAdapter
 
@@ -104,5 +104,5 @@ def circuit_breakers(model, tokenizer, data: DefenceData, cfg: CircuitBreakersCo
     harmful = harmful_stream(tokenizer, data, cfg.harmful_batch_size, cfg.train.seed)
     frozen = None if cfg.train.lora else copy.deepcopy(model).eval().requires_grad_(False)
     retain = [encode_example(tokenizer, e) for e in data.refusals + data.benign]
-    return train(cfg.train, model, retain, pad_collator(tokenizer), step_fn=CircuitBreakersStep(cfg, harmful, frozen),
+    return train(cfg.train, model, retain, PaddingCollator.for_tokenizer(tokenizer), step_fn=CircuitBreakersStep(cfg, harmful, frozen),
                  description="circuit-breakers").model

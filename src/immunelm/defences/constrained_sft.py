@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from immunelm.config import Config
-from immunelm.data import IGNORE_INDEX
-from immunelm.defences.base import DefenceData, pad_collator, register_defence
+from immunelm.data import IGNORE_INDEX, PaddingCollator
+from immunelm.defences.base import DefenceData, register_defence
 from immunelm.defences.deep_align import DeepAlignConfig, augmented_rows
 from immunelm.engine import StepContext, TrainConfig, train
 
@@ -89,6 +89,6 @@ class ConstrainedStep:
 def constrained_sft(model, tokenizer, data: DefenceData, cfg: ConstrainedSFTConfig):
     reference = copy.deepcopy(model)
     rows = augmented_rows(tokenizer, data, cfg.data)
-    result = train(cfg.train, model, rows, pad_collator(tokenizer), step_fn=ConstrainedStep(reference, cfg),
+    result = train(cfg.train, model, rows, PaddingCollator.for_tokenizer(tokenizer), step_fn=ConstrainedStep(reference, cfg),
                    description="constrained-sft")
     return result.model

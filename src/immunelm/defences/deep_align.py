@@ -14,8 +14,8 @@ import random
 from pydantic import Field
 
 from immunelm.config import Config
-from immunelm.data import IGNORE_INDEX, Example, encode_example
-from immunelm.defences.base import DefenceData, pad_collator, register_defence
+from immunelm.data import IGNORE_INDEX, Example, PaddingCollator, encode_example
+from immunelm.defences.base import DefenceData, register_defence
 from immunelm.engine import TrainConfig, train
 
 
@@ -68,5 +68,5 @@ def augmented_rows(tokenizer, data: DefenceData, cfg: DeepAlignConfig) -> list[d
 @register_defence("deep-align", DeepAlignConfig, paper="https://arxiv.org/abs/2406.05946")
 def deep_align(model, tokenizer, data: DefenceData, cfg: DeepAlignConfig):
     rows = augmented_rows(tokenizer, data, cfg)
-    result = train(cfg.train, model, rows, pad_collator(tokenizer), description="deep-align")
+    result = train(cfg.train, model, rows, PaddingCollator.for_tokenizer(tokenizer), description="deep-align")
     return result.model

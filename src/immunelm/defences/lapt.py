@@ -24,7 +24,8 @@ import torch
 from pydantic import Field
 
 from immunelm.config import Config
-from immunelm.defences.base import DefenceData, pad_collator, register_defence
+from immunelm.data import PaddingCollator
+from immunelm.defences.base import DefenceData, register_defence
 from immunelm.defences.vaccine import alignment_rows
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
 from immunelm.models import ModelAdapter
@@ -81,7 +82,7 @@ class LAPTStep:
 @register_defence("lapt", LAPTConfig, paper="Gu et al. 2025 (ASA/LAPT)")
 def lapt(model, tokenizer, data: DefenceData, cfg: LAPTConfig):
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trained = train(cfg.train, model, alignment_rows(tokenizer, data), pad_collator(tokenizer),
+    trained = train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
                     step_fn=LAPTStep(cfg, cfg.train.seed), description="lapt").model
     if cfg.train.lora:
         trained = trained.merge_and_unload()  # interpolate the merged weights (names match theta_0)

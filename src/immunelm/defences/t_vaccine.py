@@ -20,7 +20,8 @@ import torch
 from pydantic import Field
 
 from immunelm.config import Config
-from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, pad_collator, register_defence
+from immunelm.data import PaddingCollator
+from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
 from immunelm.defences.vaccine import KIND, alignment_rows, vaccine_perturbation
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
 from immunelm.models import ModelAdapter
@@ -113,7 +114,7 @@ def t_vaccine(model, tokenizer, data: DefenceData, cfg: TVaccineConfig):
     if not cfg.train.lora:
         freeze_outside_blocks(model)
     step = TVaccineStep(cfg, harmful, cfg.train.seed)
-    trained = train(cfg.train, model, alignment_rows(tokenizer, data), pad_collator(tokenizer), step_fn=step, description="t-vaccine").model
+    trained = train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer), step_fn=step, description="t-vaccine").model
     if not cfg.train.lora:
         trained.requires_grad_(True)  # hand back an ordinary, fully trainable model
     return trained

@@ -23,8 +23,8 @@ import torch
 from pydantic import Field
 
 from immunelm.config import Config
-from immunelm.data import encode_example
-from immunelm.defences.base import DefenceData, pad_collator, register_defence
+from immunelm.data import PaddingCollator, encode_example
+from immunelm.defences.base import DefenceData, register_defence
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
 from immunelm.models import ModelAdapter
 
@@ -73,6 +73,6 @@ def alignment_rows(tokenizer, data: DefenceData) -> list[dict[str, list[int]]]:
 
 @register_defence("vaccine", VaccineConfig, paper="https://arxiv.org/abs/2402.01109")
 def vaccine(model, tokenizer, data: DefenceData, cfg: VaccineConfig):
-    result = train(cfg.train, model, alignment_rows(tokenizer, data), pad_collator(tokenizer),
+    result = train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
                    step_fn=VaccineStep(cfg), description="vaccine")
     return result.model

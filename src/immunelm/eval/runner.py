@@ -75,7 +75,7 @@ class Evaluator:
         if cfg.search_trials is not None and self.suite.search is not None:
             self.suite.search.trials = cfg.search_trials
         self.scorer = Scorer(tokenizer, build_judge(cfg.judge, **cfg.judge_options), cfg.generation)
-        self.collate = PaddingCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self.collate = PaddingCollator.for_tokenizer(tokenizer)
 
     def curve_point(self, model, step: int, context: dict) -> CurvePoint:
         ctx = {**context, "step": step}

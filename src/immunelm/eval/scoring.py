@@ -80,7 +80,7 @@ def perplexity(model, tokenizer, examples: list[Example], batch_size: int = 128)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    collate = PaddingCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    collate = PaddingCollator.for_tokenizer(tokenizer)
     total, count = 0.0, 0
     for lo in range(0, len(examples), batch_size):
         batch = collate([encode_example(tokenizer, e) for e in examples[lo:lo + batch_size]])
