@@ -1,6 +1,5 @@
 """Attack data recipes, shipped suites, and the resistance aggregation."""
 
-import math
 
 import pytest
 

@@ -1,14 +1,13 @@
 """Defence maths on tiny inputs, and the shared conformance battery on the tiny organism."""
 
-import math
 
 import pytest
 import torch
 
-from immunelm.data import IGNORE_INDEX, Example, encode_example
+from immunelm.data import IGNORE_INDEX, Example
 from immunelm.defences import DefenceData, build_defence, defence_names, immunise
 from immunelm.defences.constrained_sft import (
-    ConstrainedSFTConfig, ConstrainedStep, label_logprobs, position_betas, token_weights,
+    ConstrainedSFTConfig, ConstrainedStep, position_betas, token_weights,
 )
 from immunelm.defences.deep_align import DeepAlignConfig, augmented_rows, recovery_row
 from immunelm.engine import StepContext, TrainConfig

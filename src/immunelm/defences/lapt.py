@@ -17,7 +17,6 @@ network, where steering is known to be most effective.
 
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch

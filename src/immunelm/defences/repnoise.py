@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from immunelm.config import Config
