@@ -104,10 +104,11 @@ class Evaluator:
         return AdversaryResult(name=adversary.name, kind=adversary.kind, settings=adversary.model_dump(mode="json"),
                                curve=curve, seconds=result.seconds)
 
-    def stability(self, entry: ModelEntry, model) -> Stability:
+    def stability(self, entry: ModelEntry, model, start: CurvePoint) -> Stability:
+        """Benign accuracy by task, perplexity, false refusals; harmful outcomes from ``start``."""
         ctx = {"model": entry.name, "adversary": None, "step": 0}
         accuracy, refusal, by_task = self.scorer.accuracy(model, self.sets.benign, {**ctx, "set": "benign"})
-        _, _, outcomes = self.scorer.harmful(model, self.sets.harmful, {**ctx, "set": "harmful"})
+        outcomes = start.outcomes
         ppl = perplexity(model, self.tok, self.sets.benign_heldout) if self.sets.benign_heldout else None
         return Stability(benign_accuracy=accuracy, benign_by_task=by_task, perplexity=ppl,
                          harmful_outcomes=outcomes, false_refusal=refusal)
@@ -141,9 +142,9 @@ class Evaluator:
     def evaluate_model(self, entry: ModelEntry) -> ModelReport:
         model = entry.load()
         report = ModelReport(name=entry.name, role=entry.role, defence=entry.defence, checkpoint=entry.checkpoint)
-        report.stability = self.stability(entry, model)
-        report.prefilling = self.prefilling(entry, model)
         start = self.curve_point(model, 0, {"model": entry.name, "adversary": None})
+        report.stability = self.stability(entry, model, start)
+        report.prefilling = self.prefilling(entry, model)
         report.resistance = [self.attack(entry, model, adv, start) for adv in self.suite.expanded()]
         report.resistance_summary = summarise_resistance(report.resistance, self.suite.threshold, self.suite.epsilon)
         report.generalisation = generalisation(report.resistance, report.resistance_summary.worst_adversary)
