@@ -18,8 +18,9 @@ from immunelm.data import DataSourceConfig, PaddingCollator, encode_example, loa
 from immunelm.engine import TrainConfig, train
 from immunelm.engine.engine import get_accelerator
 from immunelm.io import write_json_atomic
-from immunelm.models import load_model_and_tokenizer, save_model
-from immunelm.world.organism import Organism, OrganismConfig
+from immunelm.models import save_model
+from immunelm.sources import load_model_source
+from immunelm.world.organism import OrganismConfig
 
 
 class FinetuneConfig(Config):
@@ -30,17 +31,6 @@ class FinetuneConfig(Config):
     trust_remote_code: bool = Field(False, description="Allow model repos to run their own code (off by default).")
     cache_dir: Optional[str] = Field(None, description="Organism/GGUF cache directory.")
     organism: OrganismConfig = Field(default_factory=OrganismConfig, description="Used when model is organism:<stage>.")
-
-
-def load_model_source(source: str, cache_dir: Optional[str] = None, trust_remote_code: bool = False,
-                      organism_config: OrganismConfig | None = None):
-    """(model, tokenizer) for a model source string; ``organism:<stage>`` builds/reuses the organism."""
-    if source.startswith("organism:"):
-        organism = Organism(organism_config, cache_root=Path(cache_dir) if cache_dir else None)
-        organism.build()
-        model, tokenizer = organism.load(source.split(":", 1)[1])
-        return model.train(), tokenizer
-    return load_model_and_tokenizer(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
 
 
 def run(cfg: FinetuneConfig, run_dir: Path, resume: bool = False) -> Path:

@@ -10,10 +10,10 @@ import typer
 from pydantic import Field
 
 from immunelm.cli.common import OVERRIDES_ARG, RUN_DIR_OPTION, CONFIG_OPTION, console, resolve_config, start_run
-from immunelm.cli.finetune import load_model_source
+from immunelm.sources import load_model_source
 from immunelm.config import Config, load_config
 from immunelm.data import DataSourceConfig, load_examples
-from immunelm.defences import DefenceData, build_defence
+from immunelm.defences import DefenceData, apply_defence, build_defence
 from immunelm.errors import ImmuneLMError
 from immunelm.io import write_json_atomic
 from immunelm.models import save_model
@@ -70,13 +70,14 @@ def run_immunise(method: str, cfg: ImmuniseConfig, run_dir: Path) -> Path:
     defence_cfg = load_config(spec.config_cls, base=cfg.defence, label=f"defence '{method}' (defence.*)")
     model, tokenizer = load_model_source(cfg.model, cfg.cache_dir, cfg.trust_remote_code, cfg.organism)
     started = time.perf_counter()
-    immunised = spec.run(model, tokenizer, defence_data(cfg), defence_cfg)
+    result = apply_defence(method, model, tokenizer, defence_data(cfg), defence_cfg)
+    immunised = result.model
     if hasattr(immunised, "merge_and_unload"):
         immunised = immunised.merge_and_unload()
     out = save_model(immunised, tokenizer, run_dir / "model")
     write_json_atomic(run_dir / "immunise.json", {
         "defence": method, "paper": spec.paper, "seconds": time.perf_counter() - started,
-        "defence_config": defence_cfg.model_dump(mode="json"), "source_model": cfg.model,
+        "defence_config": defence_cfg.model_dump(mode="json"), "source_model": cfg.model, "info": result.info,
     })
     console.print(f"immunised with {method} in {time.perf_counter() - started:.1f}s -> {out}")
     return out

@@ -28,7 +28,7 @@ def data_check(path: Optional[Path] = typer.Argument(None, help="Data file (or s
 def model_inspect(source: str = typer.Argument(..., help="Model dir, .gguf, hub name, smollm2-135m-instruct, organism:<stage>."),
                   trust_remote_code: bool = typer.Option(False, help="Allow repository code (off by default).")) -> None:
     """Show how ImmuneLM sees a model: family, blocks, hidden size, linear layers, hook points."""
-    from immunelm.cli.finetune import load_model_source
+    from immunelm.sources import load_model_source
     from immunelm.models import ModelAdapter
 
     model, tokenizer = load_model_source(source, trust_remote_code=trust_remote_code)

@@ -27,6 +27,15 @@ class DefenceData:
 
 
 @dataclass
+class Immunised:
+    """A defence's result: the model, and what the defence measured on the way (written to the
+    run's ``immunise.json``; e.g. LoX's effective ranks, a pipeline's per-step record)."""
+
+    model: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DefenceSpec:
     name: str
     config_cls: type[Config]
@@ -54,9 +63,16 @@ def build_defence(name: str) -> DefenceSpec:
     return _DEFENCES[name]
 
 
-def immunise(name: str, model, tokenizer, data: DefenceData, config: Config | None = None):
+def apply_defence(name: str, model, tokenizer, data: DefenceData, config: Config | None = None) -> Immunised:
+    """Run a defence; a defence function may return the model or an :class:`Immunised`."""
     spec = build_defence(name)
-    return spec.run(model, tokenizer, data, config or spec.config_cls())
+    result = spec.run(model, tokenizer, data, config or spec.config_cls())
+    return result if isinstance(result, Immunised) else Immunised(result)
+
+
+def immunise(name: str, model, tokenizer, data: DefenceData, config: Config | None = None):
+    """The immunised model only (see :func:`apply_defence` for the defence's own record)."""
+    return apply_defence(name, model, tokenizer, data, config).model
 
 
 class BatchStream:

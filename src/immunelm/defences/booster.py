@@ -22,8 +22,9 @@ from pydantic import Field
 from immunelm.config import Config
 from immunelm.data import PaddingCollator
 from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
+from immunelm.defences.bilevel import add_to_grads, trainable, weights_restored
 from immunelm.defences.vaccine import alignment_rows
-from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
+from immunelm.engine import StepContext, TrainConfig, causal_lm_loss, train
 
 
 class BoosterConfig(Config):
@@ -44,34 +45,21 @@ class BoosterStep:
     def __init__(self, cfg: BoosterConfig, harmful: BatchStream) -> None:
         self.cfg, self.harmful = cfg, harmful
 
-    @staticmethod
-    def _loss(model, batch) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return response_token_loss(logits, batch["labels"])
-
     def __call__(self, ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        params = trainable(ctx.model)
         harmful = self.harmful.next(batch["input_ids"].device)
-        h = self._loss(ctx.model, harmful)
+        h = causal_lm_loss(ctx.model, harmful)
         g_h = torch.autograd.grad(h, params)
         norm = torch.sqrt(sum(g.pow(2).sum() for g in g_h)) + 1e-12
-        saved = [p.detach().clone() for p in params]  # exact restore (w - a*g + a*g != w in floats)
-        with torch.no_grad():
-            for p, g in zip(params, g_h):
-                p.sub_(self.cfg.alpha * g / norm)
-        try:
-            h_shifted = self._loss(ctx.model, harmful)
-            g_h_shifted = torch.autograd.grad(h_shifted, params)
-        finally:
+        with weights_restored(params):
             with torch.no_grad():
-                for p, original in zip(params, saved):
-                    p.copy_(original)
-        f = self._loss(ctx.model, batch)
+                for p, g in zip(params, g_h):
+                    p.sub_(self.cfg.alpha * g / norm)
+            h_shifted = causal_lm_loss(ctx.model, harmful)
+            g_h_shifted = torch.autograd.grad(h_shifted, params)
+        f = causal_lm_loss(ctx.model, batch)
         ctx.backward(f)
-        for p, extra in zip(params, attenuation(list(g_h), list(g_h_shifted), self.cfg.lam)):
-            if ctx.accelerator.num_processes > 1:
-                extra = ctx.accelerator.reduce(extra, "mean")
-            p.grad.add_(extra / ctx.grad_accum)
+        add_to_grads(ctx, params, attenuation(list(g_h), list(g_h_shifted), self.cfg.lam))
         return {"loss": f.detach(), "harmful_loss": h.detach(), "harmful_reduction": (h - h_shifted).detach()}
 
 

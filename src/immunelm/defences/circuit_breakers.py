@@ -14,9 +14,6 @@ fine-tuning a frozen copy is used instead.
 
 from __future__ import annotations
 
-import copy
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -24,6 +21,7 @@ from pydantic import Field
 from immunelm.config import Config
 from immunelm.data import PaddingCollator, encode_example
 from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
+from immunelm.defences.reference import OriginalModel, hidden_states
 from immunelm.engine import LoraSettings, StepContext, TrainConfig, train
 from immunelm.models import ModelAdapter
 
@@ -64,26 +62,12 @@ def retain_loss(h_cb: torch.Tensor, h_orig: torch.Tensor, mask: torch.Tensor) ->
 
 
 class CircuitBreakersStep:
-    def __init__(self, cfg: CircuitBreakersConfig, harmful: BatchStream, frozen=None) -> None:
-        self.cfg, self.harmful, self.frozen = cfg, harmful, frozen
+    def __init__(self, cfg: CircuitBreakersConfig, harmful: BatchStream, original: OriginalModel) -> None:
+        self.cfg, self.harmful, self.original = cfg, harmful, original
         self.adapter: ModelAdapter | None = None
-        self.frozen_adapter = ModelAdapter(frozen) if frozen is not None else None
-
-    def _reps(self, model, batch, layers, original: bool) -> list[torch.Tensor]:
-        """Hidden states at ``layers``: of the model being trained, or of the original model
-        (the frozen copy, or the same network with its LoRA adapters disabled), without grad."""
-        net, adapter, context = model, self.adapter, nullcontext()
-        if original:
-            if self.frozen is not None:
-                net, adapter = self.frozen, self.frozen_adapter
-            else:
-                context = model.disable_adapter()
-        with context, adapter.read_outputs(layers) as hidden, (torch.no_grad() if original else nullcontext()):
-            net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return [hidden[layer] for layer in layers]
 
     def _mean_loss(self, loss_fn, model, batch, layers) -> torch.Tensor:
-        pairs = zip(self._reps(model, batch, layers, False), self._reps(model, batch, layers, True))
+        pairs = zip(hidden_states(model, self.adapter, batch, layers), self.original.hidden_states(model, batch, layers))
         return sum(loss_fn(a, b, batch["attention_mask"]) for a, b in pairs) / len(layers)
 
     def __call__(self, ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -102,7 +86,7 @@ class CircuitBreakersStep:
 @register_defence("circuit-breakers", CircuitBreakersConfig, paper="https://arxiv.org/abs/2406.04313")
 def circuit_breakers(model, tokenizer, data: DefenceData, cfg: CircuitBreakersConfig):
     harmful = harmful_stream(tokenizer, data, cfg.harmful_batch_size, cfg.train.seed)
-    frozen = None if cfg.train.lora else copy.deepcopy(model).eval().requires_grad_(False)
+    original = OriginalModel(model, lora=cfg.train.lora is not None)
     retain = [encode_example(tokenizer, e) for e in data.refusals + data.benign]
-    return train(cfg.train, model, retain, PaddingCollator.for_tokenizer(tokenizer), step_fn=CircuitBreakersStep(cfg, harmful, frozen),
+    return train(cfg.train, model, retain, PaddingCollator.for_tokenizer(tokenizer), step_fn=CircuitBreakersStep(cfg, harmful, original),
                  description="circuit-breakers").model

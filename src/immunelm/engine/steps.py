@@ -48,11 +48,16 @@ def response_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     )
 
 
+def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Forward ``batch`` through ``model`` and return its response-token cross-entropy."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return response_token_loss(logits, batch["labels"])
+
+
 class CausalLMStep:
     """Plain supervised fine-tuning: cross-entropy on response tokens (SFT, SFT attacks)."""
 
     def __call__(self, ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss = response_token_loss(out.logits, batch["labels"])
+        loss = causal_lm_loss(ctx.model, batch)
         ctx.backward(loss)
         return {"loss": loss.detach()}

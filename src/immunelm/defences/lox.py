@@ -1,0 +1,96 @@
+"""LoX: low-rank extrapolation (Perin et al. 2025), a training-free defence.
+
+Alignment moves the weights by a delta whose top singular directions carry safety; a little
+fine-tuning easily undoes a narrow alignment. LoX pushes further along those directions, for
+every 2-D weight:
+
+    W = W_align + alpha * Proj_k(W_align - W_base),   Proj_k = rank-k truncated SVD
+
+(``anchor=aligned``, the paper's and official code's formula). The tutorial (seed 003) writes it
+as W_base + alpha * Proj_k(delta) (``anchor=base``), which drops the delta's remainder; for full
+rank the two differ only in what alpha means. Official defaults: k = 0 meaning full rank, alpha
+1.0; the paper reports low rank (k ~ 6 at 7B, about the delta's effective rank) as more stable.
+Needs the pre-alignment checkpoint (``base``). Records each matrix's effective rank (Roy &
+Vetterli 2007: exp of the entropy of the normalised singular values), the rank holding 90% of
+the delta's energy, and the energy share the chosen k keeps.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Literal, Optional
+
+import torch
+from pydantic import Field
+
+from immunelm.config import Config
+from immunelm.defences.base import DefenceData, Immunised, register_defence
+from immunelm.errors import ImmuneLMError
+from immunelm.sources import load_model_source
+
+
+class LoXConfig(Config):
+    base: str = Field("organism:base", description="Pre-alignment checkpoint (model source: dir, hub name, organism:base).")
+    rank: int = Field(6, ge=0, description="k of the truncated SVD (paper ~6 at 7B; 0 = full rank, the official default).")
+    alpha: float = Field(1.0, description="Extrapolation coefficient (official default 1.0).")
+    anchor: Literal["aligned", "base"] = Field("aligned", description="aligned: W_align + alpha*P_k (paper); base: W_base + alpha*P_k (seed 003).")
+    skip_embeddings: bool = Field(False, description="Leave input/output embeddings unchanged.")
+    cache_dir: Optional[str] = Field(None, description="Cache for organism/GGUF sources.")
+
+
+def spectrum_stats(sigma: torch.Tensor, rank: int) -> dict[str, float]:
+    energy = sigma.double().pow(2)
+    total = float(energy.sum())
+    if total == 0:
+        return {"effective_rank": 0.0, "rank90": 0, "energy_kept": 1.0}
+    p = sigma.double() / sigma.double().sum()
+    p = p[p > 0]
+    cumulative = torch.cumsum(energy, 0) / total
+    return {
+        "effective_rank": float(torch.exp(-(p * p.log()).sum())),
+        "rank90": int((cumulative < 0.9).sum()) + 1,
+        "energy_kept": float(cumulative[min(rank, sigma.numel()) - 1]) if rank else 1.0,
+    }
+
+
+def extrapolate_weight(aligned: torch.Tensor, base: torch.Tensor, cfg: LoXConfig) -> tuple[torch.Tensor, dict]:
+    delta = (aligned.float() - base.float())
+    u, sigma, vh = torch.linalg.svd(delta, full_matrices=False)
+    k = cfg.rank or sigma.numel()
+    projected = (u[:, :k] * sigma[:k]) @ vh[:k]
+    anchor = aligned.float() if cfg.anchor == "aligned" else base.float()
+    return (anchor + cfg.alpha * projected).to(aligned.dtype), spectrum_stats(sigma, cfg.rank)
+
+
+def embedding_names(model) -> set[str]:
+    names = set()
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        for name, param in model.named_parameters():
+            if module is not None and any(param is p for p in module.parameters()):
+                names.add(name)
+    return names
+
+
+@torch.no_grad()
+def lox_extrapolate(model, base_state: dict[str, torch.Tensor], cfg: LoXConfig) -> dict:
+    """In place on ``model`` (the aligned one); returns per-matrix and summary spectrum stats."""
+    skip = embedding_names(model) if cfg.skip_embeddings else set()
+    per_matrix = {}
+    for name, param in model.named_parameters():
+        if param.ndim != 2 or name in skip:
+            continue
+        if name not in base_state or base_state[name].shape != param.shape:
+            raise ImmuneLMError(f"LoX base: no weight '{name}' of shape {tuple(param.shape)} in the base checkpoint "
+                                "(base and aligned must share an architecture)")
+        new, stats = extrapolate_weight(param.data, base_state[name].to(param.device), cfg)
+        param.copy_(new)
+        per_matrix[name] = stats
+    summary = {key: statistics.median(s[key] for s in per_matrix.values()) for key in ("effective_rank", "rank90", "energy_kept")}
+    return {"matrices": len(per_matrix), "median": summary, "per_matrix": per_matrix}
+
+
+@register_defence("lox", LoXConfig, paper="Perin et al. 2025 (LoX: low-rank extrapolation)")
+def lox(model, tokenizer, data: DefenceData, cfg: LoXConfig):
+    base, _ = load_model_source(cfg.base, cfg.cache_dir)
+    info = lox_extrapolate(model, dict(base.named_parameters()), cfg)
+    return Immunised(model, info)

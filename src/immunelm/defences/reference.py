@@ -1,0 +1,35 @@
+"""The model as a defence found it, for losses that compare against it (Circuit Breakers' h_orig,
+TAR's representation retain loss): a frozen copy under full fine-tuning, or, under LoRA, the same
+network with its adapters disabled (no second copy in memory)."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import torch
+
+from immunelm.models import ModelAdapter
+
+
+def hidden_states(model, adapter: ModelAdapter, batch: dict[str, torch.Tensor], layers: list[int]) -> list[torch.Tensor]:
+    """Residual stream after each of ``layers`` for ``batch`` (with autograd graph)."""
+    with adapter.read_outputs(layers) as hidden:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return [hidden[layer] for layer in layers]
+
+
+class OriginalModel:
+    def __init__(self, model, lora: bool) -> None:
+        self.frozen = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
+        self.frozen_adapter = ModelAdapter(self.frozen) if self.frozen is not None else None
+
+    def hidden_states(self, trained, batch: dict[str, torch.Tensor], layers: list[int]) -> list[torch.Tensor]:
+        """Hidden states of the original model at ``layers``, without grad. ``trained`` is the
+        (peft) model being trained; under LoRA its adapters are switched off for this pass."""
+        if self.frozen is not None:
+            net, adapter, context = self.frozen, self.frozen_adapter, nullcontext()
+        else:
+            net, adapter, context = trained, ModelAdapter(trained), trained.disable_adapter()
+        with torch.no_grad(), context:
+            return hidden_states(net, adapter, batch, layers)

@@ -1,0 +1,1 @@
+"""Mechanistic diagnostics: measurements of a model's weights, features and landscape."""
