@@ -111,13 +111,21 @@ def test_every_registered_defence_runs_through_the_cli(tmp_path, cache):
     from immunelm.defences import defence_names
 
     organism = [a for a in TINY_ORGANISM if a.startswith("organism.")]
+    short = ["defence.train.max_steps=2", "defence.train.progress=false"]
+    special = {
+        "lox": ["defence.rank=2"],  # training-free: no engine settings
+        "pipeline": ["defence.steps=[{defence: vaccine, config: {train: {max_steps: 2, progress: false}}}, {defence: lox}]"],
+    }
     for name in defence_names():
         out = tmp_path / name
-        result = CliRunner().invoke(app, ["immunise", name, "--run-dir", str(out), cache, *organism,
-                                          "defence.train.max_steps=2", "defence.train.progress=false"])
+        result = CliRunner().invoke(app, ["immunise", name, "--run-dir", str(out), cache, *organism, *special.get(name, short)])
         assert result.exit_code == 0, (name, result.output)
         assert (out / "model" / "model.safetensors").is_file()
-        assert json.loads((out / "immunise.json").read_text())["defence"] == name
+        record = json.loads((out / "immunise.json").read_text())
+        assert record["defence"] == name
+    steps = json.loads((tmp_path / "pipeline" / "immunise.json").read_text())["info"]["steps"]
+    assert [s["defence"] for s in steps] == ["vaccine", "lox"]  # the composition is recorded, in order
+    assert steps[0]["config"]["train"]["max_steps"] == 2 and steps[1]["info"]["matrices"] > 0
 
 
 def test_immunise_a_local_hf_model_with_user_data_files(tmp_path):

@@ -90,7 +90,9 @@ def test_registry_suggests_nearest_name():
         build_defence("deep_align")
 
 
-ALL_DEFENCES = ["deep-align", "constrained-sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "lapt"]
+# Every trained defence (LoX is training-free and the pipeline composes these: own tests).
+ALL_DEFENCES = ["deep-align", "constrained-sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "lapt",
+                "mlac", "tar", "sophon", "condition-number"]
 CONFORMANCE_DATA = DefenceData(refusals=[HARM.with_response(REFUSAL)], harmful=[HARM] * 4,
                                benign=[Example.pair("what is 1 plus 2 ?", "3 .")])
 

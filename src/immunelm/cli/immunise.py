@@ -30,6 +30,8 @@ class DefenceDataSources(Config):
 
 class ImmuniseConfig(Config):
     model: str = Field("organism:aligned", description="Model to immunise (see `immunelm finetune`).")
+    base_model: Optional[str] = Field(
+        None, description="Pre-alignment checkpoint, for defences that need it (LoX); organism models default to organism:base.")
     defence: dict[str, Any] = Field(default_factory=dict, description="The method's own config fields (e.g. defence.train.lr=1e-4).")
     data: DefenceDataSources = Field(default_factory=DefenceDataSources, description="Defender data; organism: built from the world.")
     organism: OrganismConfig = Field(default_factory=OrganismConfig)
@@ -53,16 +55,27 @@ def check_data_sources(cfg: ImmuniseConfig) -> None:
         raise ImmuneLMError("data.refusals: required for a model other than the organism (a file of harmful prompt -> refusal)")
 
 
+def base_loader(cfg: ImmuniseConfig):
+    """Loads the pre-alignment checkpoint on demand (None: no base known for this model)."""
+    source = cfg.base_model or ("organism:base" if cfg.model.startswith("organism:") else None)
+    if source is None:
+        return None
+    return lambda: load_model_source(source, cfg.cache_dir, cfg.trust_remote_code, cfg.organism)[0]
+
+
 def defence_data(cfg: ImmuniseConfig) -> DefenceData:
     src = cfg.data
     check_data_sources(cfg)
     if src.refusals is None:
-        return world_defence_data(cfg.organism)
-    return DefenceData(
-        refusals=load_examples(src.refusals),
-        harmful=load_examples(src.harmful) if src.harmful else [],
-        benign=load_examples(src.benign) if src.benign else [],
-    )
+        data = world_defence_data(cfg.organism)
+    else:
+        data = DefenceData(
+            refusals=load_examples(src.refusals),
+            harmful=load_examples(src.harmful) if src.harmful else [],
+            benign=load_examples(src.benign) if src.benign else [],
+        )
+    data.load_base = base_loader(cfg)
+    return data
 
 
 def run_immunise(method: str, cfg: ImmuniseConfig, run_dir: Path) -> Path:

@@ -24,6 +24,9 @@ class DefenceData:
     refusals: list[Example]  # (harmful prompt, refusal)
     harmful: list[Example] = field(default_factory=list)  # (harmful prompt, harmful answer), defender-side
     benign: list[Example] = field(default_factory=list)
+    # The pre-alignment checkpoint, loaded only by defences that need it (LoX); a callable so
+    # that the other defences never pay for loading a second model.
+    load_base: Callable[[], Any] | None = None
 
 
 @dataclass

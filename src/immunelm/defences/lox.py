@@ -10,7 +10,7 @@ every 2-D weight:
 as W_base + alpha * Proj_k(delta) (``anchor=base``), which drops the delta's remainder; for full
 rank the two differ only in what alpha means. Official defaults: k = 0 meaning full rank, alpha
 1.0; the paper reports low rank (k ~ 6 at 7B, about the delta's effective rank) as more stable.
-Needs the pre-alignment checkpoint (``base``). Records each matrix's effective rank (Roy &
+Needs the pre-alignment checkpoint (``DefenceData.load_base``; on the CLI ``base_model=``). Records each matrix's effective rank (Roy &
 Vetterli 2007: exp of the entropy of the normalised singular values), the rank holding 90% of
 the delta's energy, and the energy share the chosen k keeps.
 """
@@ -18,7 +18,7 @@ the delta's energy, and the energy share the chosen k keeps.
 from __future__ import annotations
 
 import statistics
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -26,16 +26,13 @@ from pydantic import Field
 from immunelm.config import Config
 from immunelm.defences.base import DefenceData, Immunised, register_defence
 from immunelm.errors import ImmuneLMError
-from immunelm.sources import load_model_source
 
 
 class LoXConfig(Config):
-    base: str = Field("organism:base", description="Pre-alignment checkpoint (model source: dir, hub name, organism:base).")
     rank: int = Field(6, ge=0, description="k of the truncated SVD (paper ~6 at 7B; 0 = full rank, the official default).")
     alpha: float = Field(1.0, description="Extrapolation coefficient (official default 1.0).")
     anchor: Literal["aligned", "base"] = Field("aligned", description="aligned: W_align + alpha*P_k (paper); base: W_base + alpha*P_k (seed 003).")
     skip_embeddings: bool = Field(False, description="Leave input/output embeddings unchanged.")
-    cache_dir: Optional[str] = Field(None, description="Cache for organism/GGUF sources.")
 
 
 def spectrum_stats(sigma: torch.Tensor, rank: int) -> dict[str, float]:
@@ -91,6 +88,8 @@ def lox_extrapolate(model, base_state: dict[str, torch.Tensor], cfg: LoXConfig) 
 
 @register_defence("lox", LoXConfig, paper="Perin et al. 2025 (LoX: low-rank extrapolation)")
 def lox(model, tokenizer, data: DefenceData, cfg: LoXConfig):
-    base, _ = load_model_source(cfg.base, cfg.cache_dir)
+    if data.load_base is None:
+        raise ImmuneLMError("lox needs the pre-alignment checkpoint: set base_model=... (organism models use organism:base)")
+    base = data.load_base()
     info = lox_extrapolate(model, dict(base.named_parameters()), cfg)
     return Immunised(model, info)

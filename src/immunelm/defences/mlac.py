@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field, model_validator
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator
@@ -59,10 +60,11 @@ def second_order_adversary_loss(model, lr: float, batches: list[dict], heldout: 
     """L_h(theta_K) where theta_{i+1} = theta_i - lr * grad L_h(theta_i), differentiable in theta."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names, fast = [n for n, _ in named], [p for _, p in named]
-    for batch in batches:
-        grads = torch.autograd.grad(_functional_loss(model, dict(zip(names, fast)), batch), fast, create_graph=True)
-        fast = [w - lr * g for w, g in zip(fast, grads)]
-    return _functional_loss(model, dict(zip(names, fast)), heldout)
+    with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
+        for batch in batches:
+            grads = torch.autograd.grad(_functional_loss(model, dict(zip(names, fast)), batch), fast, create_graph=True)
+            fast = [w - lr * g for w, g in zip(fast, grads)]
+        return _functional_loss(model, dict(zip(names, fast)), heldout)
 
 
 def adversary_loss_gradient(model, cfg: MLACConfig, batches: list[dict], heldout: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:

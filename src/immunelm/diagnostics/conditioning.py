@@ -16,6 +16,7 @@ the paper (20 draws of 100).
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 
@@ -27,7 +28,8 @@ from immunelm.data import IGNORE_INDEX, PaddingCollator, encode_example
 def feature_gram(features: torch.Tensor, normalise: bool = True) -> torch.Tensor:
     """S = Phi^T Phi (divided by the row count if ``normalise``: kappa is unchanged, but the
     regularisers' scale then does not depend on the batch size)."""
-    phi = features.reshape(-1, features.shape[-1]).float()
+    phi = features.reshape(-1, features.shape[-1])
+    phi = phi if phi.dtype == torch.float64 else phi.float()
     gram = phi.T @ phi
     return gram / phi.shape[0] if normalise else gram
 
@@ -38,9 +40,11 @@ def singular_values(gram: torch.Tensor) -> torch.Tensor:
 
 
 def condition_number(gram: torch.Tensor) -> float:
-    """kappa = sigma_max / sigma_min in float64; inf if S is singular (fewer rows than dims)."""
+    """kappa = sigma_max / sigma_min; inf if S is numerically singular (e.g. fewer rows than
+    dims), judged at the precision ``gram`` was computed in."""
     sigma = singular_values(gram.double())
-    return float(sigma[-1] / sigma[0]) if sigma[0] > 0 else float("inf")
+    tolerance = sigma[-1] * gram.shape[0] * torch.finfo(gram.dtype).eps
+    return float(sigma[-1] / sigma[0]) if sigma[0] > tolerance else float("inf")
 
 
 def probe_features(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -69,21 +73,32 @@ def relative_immunisation_ratio(immunised, reference, tokenizer, harmful, benign
     harm_rows = [encode_example(tokenizer, e) for e in harmful]
     ben_rows = [encode_example(tokenizer, e) for e in benign]
     rng = random.Random(seed)
-    ratios, identity, kappas = [], [], []
+    kappas = []
     for _ in range(draws):
         h = rng.sample(harm_rows, min(size, len(harm_rows)))
         b = rng.sample(ben_rows, min(size, len(ben_rows)))
-        k = {
+        kappas.append({
             "harm_I": kappa_of(immunised, h, collate), "harm_0": kappa_of(reference, h, collate),
             "ben_I": kappa_of(immunised, b, collate), "ben_0": kappa_of(reference, b, collate),
             "harm_id": kappa_of(reference, h, collate, embedded_inputs), "ben_id": kappa_of(reference, b, collate, embedded_inputs),
-        }
-        kappas.append(k)
-        ratios.append((k["harm_I"] / k["harm_0"]) / (k["ben_I"] / k["ben_0"]))
-        identity.append((k["harm_I"] / k["harm_id"]) / (k["ben_I"] / k["ben_id"]))
+        })
     return {
-        "rir_theta0": statistics.fmean(ratios), "rir_theta0_std": statistics.pstdev(ratios),
-        "rir_identity": statistics.fmean(identity), "rir_identity_std": statistics.pstdev(identity),
+        **_summary("rir_theta0", [_rir(k["harm_I"], k["harm_0"], k["ben_I"], k["ben_0"]) for k in kappas]),
+        **_summary("rir_identity", [_rir(k["harm_I"], k["harm_id"], k["ben_I"], k["ben_id"]) for k in kappas]),
         "kappa": {key: statistics.fmean(k[key] for k in kappas) for key in kappas[0]},
         "draws": draws, "size": size,
     }
+
+
+def _rir(harm: float, harm_ref: float, ben: float, ben_ref: float) -> float | None:
+    """(harm / harm_ref) / (ben / ben_ref); None if any kappa is infinite (a singular Gram)."""
+    if any(math.isinf(k) for k in (harm, harm_ref, ben, ben_ref)):
+        return None
+    return (harm / harm_ref) / (ben / ben_ref)
+
+
+def _summary(name: str, values: list[float | None]) -> dict:
+    """Mean and spread over the draws where the ratio is defined, and how many those were."""
+    valid = [v for v in values if v is not None]
+    return {name: statistics.fmean(valid) if valid else None,
+            f"{name}_std": statistics.pstdev(valid) if valid else None, f"{name}_defined_draws": len(valid)}
