@@ -3,6 +3,7 @@ reference with one suite, and record the pillars per method (mean and range over
 
     python benchmarks/defence_eval.py --suite standard --seeds 0 1 2 [--methods vaccine booster]
     python benchmarks/defence_eval.py --summarise RUN_DIR [RUN_DIR ...]   # aggregate existing runs
+    python benchmarks/defence_eval.py --methods tar lox vaccine+lox      # a+b = pipeline a then b
 
 Writes benchmarks/results/defence_eval_<suite>.json. The seed is the defence's training seed
 (``defence.train.seed``); the organism and the attacks are the same for every seed, so the
@@ -23,11 +24,24 @@ from immunelm.defences import defence_names
 from immunelm.report import load_report
 
 
+def seeded(method: str, seed: int) -> dict:
+    """The defence config that sets its training seed (LoX is training-free: nothing to seed)."""
+    return {} if method == "lox" else {"train": {"seed": seed, "progress": False}}
+
+
+def defence_for(method: str, seed: int) -> tuple[str, dict]:
+    """(registered name, config); ``a+b`` means the pipeline of a then b, each seeded."""
+    if "+" in method:
+        return "pipeline", {"steps": [{"defence": m, "config": seeded(m, seed)} for m in method.split("+")]}
+    return method, seeded(method, seed)
+
+
 def evaluate_seed(methods: list[str], seed: int, suite: str, root: Path) -> Path:
     specs = [ModelSpec(name="aligned", source="organism:aligned", role="reference")]
     for method in methods:
         out = root / f"seed{seed}" / f"immunise-{method}"
-        ckpt = run_immunise(method, ImmuniseConfig(defence={"train": {"seed": seed, "progress": False}}), out)
+        name, config = defence_for(method, seed)
+        ckpt = run_immunise(name, ImmuniseConfig(defence=config), out)
         specs.append(ModelSpec(name=method, source=str(ckpt), role="defended", defence=method))
     cfg = EvaluateConfig(models=specs)
     cfg.evaluation.suite = suite
@@ -62,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--suite", default="standard")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="*", default=[m for m in defence_names() if m not in ("deep-align", "constrained-sft")])
+    parser.add_argument("--methods", nargs="*", default=[m for m in defence_names() if m not in ("deep-align", "constrained-sft", "pipeline")])
     parser.add_argument("--root", type=Path, default=Path("runs/defence_eval"))
     parser.add_argument("--summarise", type=Path, nargs="*", default=None)
     parser.add_argument("--label", default="", help="Suffix of the results file name.")
