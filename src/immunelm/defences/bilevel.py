@@ -19,7 +19,7 @@ from pydantic import Field
 
 from immunelm.config import Config
 from immunelm.data import IGNORE_INDEX
-from immunelm.defences.base import BatchStream
+from immunelm.defences.base import BatchStream, DefenceData, harmful_stream
 from immunelm.engine import StepContext, TrainConfig, causal_lm_loss
 from immunelm.engine.optim import build_optimizer
 
@@ -139,9 +139,10 @@ def response_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     return logits[batch["labels"][:, 1:] != IGNORE_INDEX].float()
 
 
-def split_stream(stream: BatchStream, heldout_fraction: float, batch_size: int, seed: int) -> tuple[BatchStream, BatchStream]:
-    """Split a stream's rows into (adversary rows, held-out rows), e.g. TAR's held-out harmful
-    data for the tamper-resistance loss, which the simulated adversary never trains on."""
+def harmful_split(tokenizer, data: DefenceData, batch_size: int, heldout_fraction: float, seed: int) -> tuple[BatchStream, BatchStream]:
+    """The defender's harmful pairs split into (the simulated adversary's stream, a held-out
+    stream for the outer loss, which the simulated adversary never trains on)."""
+    stream = harmful_stream(tokenizer, data, batch_size, seed)
     rows = list(stream.rows)
     if len(rows) < 2:
         return stream, stream  # one example: nothing to hold out; both losses share it

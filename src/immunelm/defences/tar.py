@@ -33,9 +33,9 @@ from pydantic import Field
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator, encode_example
-from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
+from immunelm.defences.base import BatchStream, DefenceData, register_defence
 from immunelm.defences.bilevel import (
-    InnerAdversary, adapted_gradient, add_to_grads, response_logits, split_stream, trainable,
+    InnerAdversary, adapted_gradient, add_to_grads, harmful_split, response_logits, trainable,
 )
 from immunelm.defences.reference import OriginalModel, hidden_states
 from immunelm.defences.vaccine import alignment_rows
@@ -130,12 +130,11 @@ class TARStep:
 
 @register_defence("tar", TARConfig, paper="https://arxiv.org/abs/2408.00761")
 def tar(model, tokenizer, data: DefenceData, cfg: TARConfig):
-    seed, size = cfg.train.seed, cfg.inner_batch_size
-    harmful, heldout = split_stream(harmful_stream(tokenizer, data, size, seed), cfg.heldout_fraction, size, seed)
+    harmful, heldout = harmful_split(tokenizer, data, cfg.inner_batch_size, cfg.heldout_fraction, cfg.train.seed)
     benign = None
     if "benign-then-harmful" in cfg.adversaries.sources:  # BatchStream names data.benign if it is empty
         benign = BatchStream([encode_example(tokenizer, e) for e in data.benign], PaddingCollator.for_tokenizer(tokenizer),
-                             size, seed + 2, what="benign")
+                             cfg.inner_batch_size, cfg.train.seed + 2, what="benign")
     original = OriginalModel(model, lora=cfg.train.lora is not None) if cfg.retain == "representation" else None
     step = TARStep(cfg, harmful, heldout, benign, original)
     return train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
