@@ -3,6 +3,7 @@ reference with one suite, and record the pillars per method (mean and range over
 
     python benchmarks/defence_eval.py --suite standard --seeds 0 1 2 [--methods vaccine booster]
     python benchmarks/defence_eval.py --summarise RUN_DIR [RUN_DIR ...]   # aggregate existing runs
+        [--include benchmarks/results/OLD.json]                           # + runs recorded earlier
     python benchmarks/defence_eval.py --methods tar lox vaccine+lox      # a+b = pipeline a then b
 
 Writes benchmarks/results/defence_eval_<suite>.json. The seed is the defence's training seed
@@ -13,6 +14,7 @@ spread shows how much a defence's outcome depends on its own randomness.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -50,7 +52,8 @@ def evaluate_seed(methods: list[str], seed: int, suite: str, root: Path) -> Path
     return run_dir
 
 
-def summarise(run_dirs: list[Path]) -> dict:
+def per_run_rows(run_dirs: list[Path]) -> dict[str, list[dict]]:
+    """Each model's pillar numbers, one row per evaluation run."""
     per_model: dict[str, list[dict]] = {}
     for run_dir in run_dirs:
         for m in load_report(run_dir).models:
@@ -62,6 +65,22 @@ def summarise(run_dirs: list[Path]) -> dict:
                 "trainability_accuracy": m.trainability.final_accuracy,
                 "steps_to_target": m.trainability.steps_to_target,
             })
+    return per_model
+
+
+def earlier_rows(path: Path) -> dict[str, list[dict]]:
+    """Per-run rows of an earlier results file (its ``per_run``, or a single-run table's values),
+    so runs made on another machine, whose run directories are gone, still count."""
+    result = json.loads(path.read_text())["result"]
+    if "per_run" in result:
+        return result["per_run"]
+    table = result["table"]
+    if any(cell["n"] != 1 for row in table.values() for cell in row.values()):
+        raise SystemExit(f"{path}: result.table aggregates several runs and has no per_run rows")
+    return {name: [{key: cell["mean"] for key, cell in row.items()}] for name, row in table.items()}
+
+
+def summarise(per_model: dict[str, list[dict]]) -> dict:
     table = {}
     for name, rows in per_model.items():
         table[name] = {}
@@ -80,11 +99,17 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("runs/defence_eval"))
     parser.add_argument("--summarise", type=Path, nargs="*", default=None)
     parser.add_argument("--label", default="", help="Suffix of the results file name.")
+    parser.add_argument("--include", type=Path, nargs="*", default=[], help="Earlier results files whose runs also count.")
     args = parser.parse_args()
     run_dirs = args.summarise or [evaluate_seed(args.methods, s, args.suite, args.root) for s in args.seeds]
-    table = summarise(run_dirs)
+    per_model = per_run_rows(run_dirs)
+    for path in args.include:
+        for name, rows in earlier_rows(path).items():
+            per_model.setdefault(name, []).extend(rows)
+    table = summarise(per_model)
     suite = load_report(run_dirs[0]).suite
-    save_result(f"defence_eval_{suite}" + (f"_{args.label}" if args.label else ""), {"runs": [str(r) for r in run_dirs], "table": table})
+    save_result(f"defence_eval_{suite}" + (f"_{args.label}" if args.label else ""),
+                {"runs": [str(r) for r in run_dirs], "included": [str(p) for p in args.include], "per_run": per_model, "table": table})
     print(f"{'model':18s} worst  mean   broken  benign  train-acc  steps   (mean over {len(run_dirs)} run(s))")
     for name, row in table.items():
         print(f"{name:18s} {row['worst_final_harmful']['mean']:.2f}   {row['mean_final_harmful']['mean']:.2f}   "
