@@ -110,7 +110,7 @@ def main() -> None:
     suite = load_report(run_dirs[0]).suite
     save_result(f"defence_eval_{suite}" + (f"_{args.label}" if args.label else ""),
                 {"runs": [str(r) for r in run_dirs], "included": [str(p) for p in args.include], "per_run": per_model, "table": table})
-    print(f"{'model':18s} worst  mean   broken  benign  train-acc  steps   (mean over {len(run_dirs)} run(s))")
+    print(f"{'model':18s} worst  mean   broken  benign  train-acc  steps   (mean over {max(len(rows) for rows in per_model.values())} run(s))")
     for name, row in table.items():
         print(f"{name:18s} {row['worst_final_harmful']['mean']:.2f}   {row['mean_final_harmful']['mean']:.2f}   "
               f"{row['broken_fraction']['mean']:.2f}    {row['benign_accuracy']['mean']:.2f}    "
