@@ -8,7 +8,7 @@ A bi-level method's step is one *outer* step (K inner steps inside), so it also 
 ratio: its default run (outer steps x seconds) vs a 300-step SFT alignment. A training-free
 method (LoX) is timed as one whole run.
 
-    python benchmarks/defence_overhead.py [--steps 30] [--methods vaccine booster]
+    python benchmarks/defence_overhead.py [--steps 30] [--methods vaccine booster] [--label family2]
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--methods", nargs="*", default=METHODS)
     parser.add_argument("--child", default=None)
+    parser.add_argument("--label", default="", help="Suffix of the results file name.")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.steps)
@@ -104,7 +105,7 @@ def main() -> None:
         row["time_ratio"] = row["seconds_per_step"] / base["seconds_per_step"]
         row["total_time_ratio"] = row["seconds_per_step"] * row["steps_of_default_run"] / sft_total
         row["memory_ratio"] = row["peak_bytes"] / max(1, base["peak_bytes"])
-    save_result("defence_overhead", {"steps": args.steps, "batch_size": 32, "sft_alignment_steps": SFT_ALIGNMENT_STEPS, "rows": rows})
+    save_result("defence_overhead" + (f"_{args.label}" if args.label else ""), {"steps": args.steps, "batch_size": 32, "sft_alignment_steps": SFT_ALIGNMENT_STEPS, "rows": rows})
     for name, row in rows.items():
         print(f"{name:18s} {row['seconds_per_step'] * 1000:8.1f} ms/step  x{row['time_ratio']:6.2f}  total x{row['total_time_ratio']:6.2f}   "
               f"peak {row['peak_bytes'] / 2**20:7.1f} MiB  x{row['memory_ratio']:.2f}")
