@@ -22,14 +22,15 @@ def hidden_states(model, adapter: ModelAdapter, batch: dict[str, torch.Tensor], 
 class OriginalModel:
     def __init__(self, model, lora: bool) -> None:
         self.frozen = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
-        self.frozen_adapter = ModelAdapter(self.frozen) if self.frozen is not None else None
+        self.adapter = ModelAdapter(self.frozen) if self.frozen is not None else None  # set on first use under LoRA
 
     def hidden_states(self, trained, batch: dict[str, torch.Tensor], layers: list[int]) -> list[torch.Tensor]:
         """Hidden states of the original model at ``layers``, without grad. ``trained`` is the
         (peft) model being trained; under LoRA its adapters are switched off for this pass."""
         if self.frozen is not None:
-            net, adapter, context = self.frozen, self.frozen_adapter, nullcontext()
+            net, context = self.frozen, nullcontext()
         else:
-            net, adapter, context = trained, ModelAdapter(trained), trained.disable_adapter()
+            self.adapter = self.adapter or ModelAdapter(trained)
+            net, context = trained, trained.disable_adapter()
         with torch.no_grad(), context:
-            return hidden_states(net, adapter, batch, layers)
+            return hidden_states(net, self.adapter, batch, layers)
