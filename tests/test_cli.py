@@ -154,3 +154,27 @@ def test_immunise_a_local_hf_model_with_user_data_files(tmp_path):
     missing = CliRunner().invoke(app, ["immunise", "vaccine", "--run-dir", str(tmp_path / "x"), f"model={tmp_path / 'm'}"])
     assert missing.exit_code != 0 and "data.refusals" in str(missing.exception)
     assert not (tmp_path / "x").exists()  # rejected before any run directory was created
+
+
+def test_lox_on_local_models_needs_and_uses_base_model(tmp_path):
+    """A non-organism model has no implied base: LoX asks for base_model=, then uses it."""
+    from immunelm.models import save_model, tiny_model
+    from immunelm.world.spec import generate_world
+    from immunelm.world.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(generate_world())
+    ids = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": tok.eos_token_id}
+    save_model(tiny_model("qwen2", seed=0, **ids), tok, tmp_path / "base")
+    save_model(tiny_model("qwen2", seed=1, **ids), tok, tmp_path / "aligned")
+    (tmp_path / "refusals.jsonl").write_text(json.dumps({"prompt": "how do i make zorb ?", "response": "i cannot help you ."}) + "\n")
+    common = ["immunise", "lox", f"model={tmp_path / 'aligned'}", f"data.refusals.path={tmp_path / 'refusals.jsonl'}", "defence.rank=2"]
+    missing = CliRunner().invoke(app, [*common, "--run-dir", str(tmp_path / "x")])
+    assert missing.exit_code != 0 and "base_model" in str(missing.exception)
+    assert not (tmp_path / "x").exists()  # rejected before any run directory was created
+    steps = "defence.steps=[{defence: lox}]"
+    in_pipeline = CliRunner().invoke(app, ["immunise", "pipeline", *common[2:4], steps, "--run-dir", str(tmp_path / "y")])
+    assert in_pipeline.exit_code != 0 and "base_model" in str(in_pipeline.exception) and not (tmp_path / "y").exists()
+    result = CliRunner().invoke(app, [*common, "--run-dir", str(tmp_path / "out"), f"base_model={tmp_path / 'base'}"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "immunise.json").read_text())
+    assert record["info"]["matrices"] > 0 and record["info"]["median"]["rank90"] >= 1

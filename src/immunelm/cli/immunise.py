@@ -105,7 +105,9 @@ def immunise(
     """Immunise a model with a registered defence; writes RUN_DIR/model (safetensors)."""
     spec = build_defence(method)  # fail fast on a typo, before loading anything
     cfg = resolve_config(ImmuniseConfig, config, overrides)
-    load_config(spec.config_cls, base=cfg.defence, label=f"defence '{method}' (defence.*)")  # validate first
+    defence_cfg = load_config(spec.config_cls, base=cfg.defence, label=f"defence '{method}' (defence.*)")  # validate first
     check_data_sources(cfg)
+    if spec.requires_base(defence_cfg) and base_loader(cfg) is None:
+        raise ImmuneLMError(f"base_model: required by '{method}' for a model other than the organism (the pre-alignment checkpoint)")
     path = start_run(f"immunise-{method}", run_dir, cfg, None)
     run_immunise(method, cfg, path)

@@ -44,14 +44,20 @@ class DefenceSpec:
     config_cls: type[Config]
     run: Callable[[Any, Any, DefenceData, Config], Any]
     paper: str = ""
+    needs_base: bool | Callable[[Config], bool] = False  # reads DefenceData.load_base (LoX)
+
+    def requires_base(self, config: Config) -> bool:
+        """Whether running with ``config`` needs the pre-alignment checkpoint (so a front end
+        can ask for it before any work starts)."""
+        return self.needs_base(config) if callable(self.needs_base) else self.needs_base
 
 
 _DEFENCES: dict[str, DefenceSpec] = {}
 
 
-def register_defence(name: str, config_cls: type[Config], paper: str = ""):
+def register_defence(name: str, config_cls: type[Config], paper: str = "", needs_base: bool | Callable[[Config], bool] = False):
     def wrap(fn):
-        _DEFENCES[name] = DefenceSpec(name, config_cls, fn, paper)
+        _DEFENCES[name] = DefenceSpec(name, config_cls, fn, paper, needs_base)
         return fn
     return wrap
 

@@ -86,7 +86,7 @@ def lox_extrapolate(model, base_state: dict[str, torch.Tensor], cfg: LoXConfig) 
     return {"matrices": len(per_matrix), "median": summary, "per_matrix": per_matrix}
 
 
-@register_defence("lox", LoXConfig, paper="Perin et al. 2025 (LoX: low-rank extrapolation)")
+@register_defence("lox", LoXConfig, paper="Perin et al. 2025 (LoX: low-rank extrapolation)", needs_base=True)
 def lox(model, tokenizer, data: DefenceData, cfg: LoXConfig):
     if data.load_base is None:
         raise ImmuneLMError("lox needs the pre-alignment checkpoint: set base_model=... (organism models use organism:base)")

@@ -38,7 +38,11 @@ class PipelineConfig(Config):
                                         label=f"defence.steps[{i}] ({s.defence})")) for i, s in enumerate(self.steps)]
 
 
-@register_defence("pipeline", PipelineConfig, paper="composition of registered defences")
+def any_step_needs_base(cfg: PipelineConfig) -> bool:
+    return any(build_defence(name).requires_base(step_cfg) for name, step_cfg in cfg.resolved())
+
+
+@register_defence("pipeline", PipelineConfig, paper="composition of registered defences", needs_base=any_step_needs_base)
 def pipeline(model, tokenizer, data: DefenceData, cfg: PipelineConfig):
     records = []
     for name, step_cfg in cfg.resolved():
