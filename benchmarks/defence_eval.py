@@ -22,13 +22,13 @@ from common import save_result
 
 from immunelm.cli.evaluate import EvaluateConfig, ModelSpec, run_evaluation
 from immunelm.cli.immunise import ImmuniseConfig, run_immunise
-from immunelm.defences import defence_names
+from immunelm.defences import build_defence, defence_names
 from immunelm.report import load_report
 
 
 def seeded(method: str, seed: int) -> dict:
-    """The defence config that sets its training seed (LoX is training-free: nothing to seed)."""
-    return {} if method == "lox" else {"train": {"seed": seed, "progress": False}}
+    """The defence config that sets its training seed (a training-free one has nothing to seed)."""
+    return {} if build_defence(method).training_free else {"train": {"seed": seed, "progress": False}}
 
 
 def defence_for(method: str, seed: int) -> tuple[str, dict]:

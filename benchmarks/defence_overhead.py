@@ -50,7 +50,7 @@ def child(method: str, steps: int) -> None:
         times.append(time.perf_counter())
 
     spec = build_defence(method) if method != "sft" else None
-    training_free = spec is not None and "train" not in spec.config_cls.model_fields
+    training_free = spec is not None and spec.training_free
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         model.cuda()

@@ -10,13 +10,13 @@ import typer
 from pydantic import Field
 
 from immunelm.cli.common import OVERRIDES_ARG, RUN_DIR_OPTION, CONFIG_OPTION, console, resolve_config, start_run
-from immunelm.sources import load_model_source
 from immunelm.config import Config, load_config
 from immunelm.data import DataSourceConfig, load_examples
-from immunelm.defences import DefenceData, apply_defence, build_defence
+from immunelm.defences import DefenceData, apply_defence, build_defence, merged
 from immunelm.errors import ImmuneLMError
 from immunelm.io import write_json_atomic
 from immunelm.models import save_model
+from immunelm.sources import load_model_source
 from immunelm.world import corpus
 from immunelm.world.organism import Organism, OrganismConfig
 from immunelm.world.spec import BENIGN_TASKS, HARMFUL_DOMAINS
@@ -84,9 +84,7 @@ def run_immunise(method: str, cfg: ImmuniseConfig, run_dir: Path) -> Path:
     model, tokenizer = load_model_source(cfg.model, cfg.cache_dir, cfg.trust_remote_code, cfg.organism)
     started = time.perf_counter()
     result = apply_defence(method, model, tokenizer, defence_data(cfg), defence_cfg)
-    immunised = result.model
-    if hasattr(immunised, "merge_and_unload"):
-        immunised = immunised.merge_and_unload()
+    immunised = merged(result.model)
     out = save_model(immunised, tokenizer, run_dir / "model")
     write_json_atomic(run_dir / "immunise.json", {
         "defence": method, "paper": spec.paper, "seconds": time.perf_counter() - started,

@@ -1,11 +1,11 @@
 """Defences (immunisation methods). Each lives in its own module and registers in one line."""
 
 from immunelm.defences.base import (
-    DefenceData, Immunised, apply_defence, build_defence, defence_names, immunise, register_defence,
+    DefenceData, Immunised, apply_defence, build_defence, defence_names, immunise, merged, register_defence,
 )
 from immunelm.defences import (  # noqa: F401  (registration)
     booster, circuit_breakers, condition_number, constrained_sft, deep_align, lapt, lox, mlac, pipeline, repnoise,
     sophon, t_vaccine, tar, vaccine,
 )
 
-__all__ = ["DefenceData", "Immunised", "apply_defence", "build_defence", "defence_names", "immunise", "register_defence"]
+__all__ = ["DefenceData", "Immunised", "apply_defence", "build_defence", "defence_names", "immunise", "merged", "register_defence"]

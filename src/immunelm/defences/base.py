@@ -46,6 +46,11 @@ class DefenceSpec:
     paper: str = ""
     needs_base: bool | Callable[[Config], bool] = False  # reads DefenceData.load_base (LoX)
 
+    @property
+    def training_free(self) -> bool:
+        """No engine run (LoX): the config has no ``train`` section to seed or time."""
+        return "train" not in self.config_cls.model_fields
+
     def requires_base(self, config: Config) -> bool:
         """Whether running with ``config`` needs the pre-alignment checkpoint (so a front end
         can ask for it before any work starts)."""
@@ -70,6 +75,12 @@ def build_defence(name: str) -> DefenceSpec:
     if name not in _DEFENCES:
         raise unknown_name("defence", name, _DEFENCES)
     return _DEFENCES[name]
+
+
+def merged(model):
+    """The model with any LoRA adapters merged into its weights (plain weights to save or to
+    hand to the next defence)."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 def apply_defence(name: str, model, tokenizer, data: DefenceData, config: Config | None = None) -> Immunised:

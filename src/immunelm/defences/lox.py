@@ -10,9 +10,9 @@ every 2-D weight:
 as W_base + alpha * Proj_k(delta) (``anchor=base``), which drops the delta's remainder; for full
 rank the two differ only in what alpha means. Official defaults: k = 0 meaning full rank, alpha
 1.0; the paper reports low rank (k ~ 6 at 7B, about the delta's effective rank) as more stable.
-Needs the pre-alignment checkpoint (``DefenceData.load_base``; on the CLI ``base_model=``). Records each matrix's effective rank (Roy &
-Vetterli 2007: exp of the entropy of the normalised singular values), the rank holding 90% of
-the delta's energy, and the energy share the chosen k keeps.
+Needs the pre-alignment checkpoint (``DefenceData.load_base``; on the CLI ``base_model=``).
+Records each matrix's effective rank (Roy & Vetterli 2007: exp of the entropy of the normalised
+singular values), the rank holding 90% of the delta's energy, and the energy share k keeps.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ class LoXConfig(Config):
 
 
 def spectrum_stats(sigma: torch.Tensor, rank: int) -> dict[str, float]:
-    energy = sigma.double().pow(2)
+    sigma = sigma.double()
+    energy = sigma.pow(2)
     total = float(energy.sum())
     if total == 0:
         return {"effective_rank": 0.0, "rank90": 0, "energy_kept": 1.0}
-    p = sigma.double() / sigma.double().sum()
+    p = sigma / sigma.sum()
     p = p[p > 0]
     cumulative = torch.cumsum(energy, 0) / total
     return {
@@ -60,12 +61,9 @@ def extrapolate_weight(aligned: torch.Tensor, base: torch.Tensor, cfg: LoXConfig
 
 
 def embedding_names(model) -> set[str]:
-    names = set()
-    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
-        for name, param in model.named_parameters():
-            if module is not None and any(param is p for p in module.parameters()):
-                names.add(name)
-    return names
+    modules = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    embedding_ids = {id(p) for m in modules for p in m.parameters()}
+    return {name for name, param in model.named_parameters() if id(param) in embedding_ids}
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from immunelm.config import Config, load_config
-from immunelm.defences.base import DefenceData, Immunised, apply_defence, build_defence, register_defence
+from immunelm.defences.base import DefenceData, Immunised, apply_defence, build_defence, merged, register_defence
 
 
 class PipelineStep(Config):
@@ -48,7 +48,7 @@ def pipeline(model, tokenizer, data: DefenceData, cfg: PipelineConfig):
     for name, step_cfg in cfg.resolved():
         started = time.perf_counter()
         result = apply_defence(name, model, tokenizer, data, step_cfg)
-        model = result.model.merge_and_unload() if hasattr(result.model, "merge_and_unload") else result.model
+        model = merged(result.model)
         records.append({"defence": name, "config": step_cfg.model_dump(mode="json"), "info": result.info,
                         "seconds": time.perf_counter() - started})
     return Immunised(model, {"steps": records})
