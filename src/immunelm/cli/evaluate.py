@@ -10,12 +10,12 @@ from pydantic import Field
 from rich.table import Table
 
 from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, out, resolve_config, start_run
-from immunelm.sources import load_model_source
 from immunelm.config import Config
 from immunelm.errors import ImmuneLMError
 from immunelm.eval.runner import EvaluationConfig, Evaluator, ModelEntry
 from immunelm.eval.schema import EvaluationReport
 from immunelm.eval.sets import world_eval_sets
+from immunelm.sources import load_model_source
 from immunelm.world.organism import Organism, OrganismConfig
 
 
