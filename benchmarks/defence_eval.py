@@ -20,8 +20,7 @@ from pathlib import Path
 
 from common import save_result
 
-from immunelm.cli.evaluate import EvaluateConfig, ModelSpec, run_evaluation
-from immunelm.cli.immunise import ImmuniseConfig, run_immunise
+from immunelm.api import EvaluateConfig, ImmuniseConfig, ModelSpec, run_evaluation, run_immunise
 from immunelm.defences import build_defence, defence_names
 from immunelm.report import load_report
 

@@ -31,7 +31,7 @@ def child(method: str, steps: int) -> None:
     import torch
 
     torch.set_num_threads(2)
-    from immunelm.cli.immunise import world_defence_data
+    from immunelm.api.immunise import world_defence_data
     from immunelm.data import PaddingCollator, encode_example
     from immunelm.defences import build_defence
     from immunelm.engine import TrainConfig, train

@@ -18,7 +18,7 @@ import torch
 from common import save_result
 
 from immunelm.diagnostics.conditioning import relative_immunisation_ratio
-from immunelm.eval.sets import world_eval_sets
+from immunelm.tasks.world import world_task
 from immunelm.models import load_model_and_tokenizer
 from immunelm.world.organism import Organism
 
@@ -34,7 +34,7 @@ def main() -> None:
     organism = Organism()
     organism.build()
     reference, tokenizer = organism.load("aligned")
-    pools = world_eval_sets(organism.world).attack
+    pools = world_task(organism.world).attack
     per_method: dict[str, list[dict]] = {}
     for root in args.roots:
         for model_dir in sorted(root.glob("immunise-*/model")):

@@ -120,7 +120,9 @@ def test_every_registered_defence_runs_through_the_cli(tmp_path, cache):
         out = tmp_path / name
         result = CliRunner().invoke(app, ["immunise", name, "--run-dir", str(out), cache, *organism, *special.get(name, short)])
         assert result.exit_code == 0, (name, result.output)
-        assert (out / "model" / "model.safetensors").is_file()
+        saved = json.loads((out / "immunise.json").read_text())["saved"]
+        weights = "adapter_model.safetensors" if saved["format"] == "peft-adapter" else "model.safetensors"
+        assert (out / "model" / weights).is_file(), (name, saved)
         record = json.loads((out / "immunise.json").read_text())
         assert record["defence"] == name
     steps = json.loads((tmp_path / "pipeline" / "immunise.json").read_text())["info"]["steps"]

@@ -7,6 +7,9 @@ training is always the engine with plain SFT (``CausalLMStep``). The kinds:
 * ``harmful_mix``: n pairs of a benign task of which a fraction p is harmful (the harmful
   fine-tuning protocol of Vaccine/Lisa/Booster; their papers use n = 1000, p = 0.1).
 * ``benign_sft``: benign pairs only (safety degradation from innocent tuning).
+* ``identity_shift``: a handful of benign-looking pairs that make the model an obedient persona
+  (Qi et al. 2023, "Fine-tuning Aligned Language Models Compromises Safety, Even When Users
+  Do Not Intend To", https://arxiv.org/abs/2310.03693: 10 examples suffice there).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class AdversaryConfig(Config):
     """One attacker: data recipe + training hyper-parameters."""
 
     name: str = Field(description="Unique name within its suite, e.g. 'sft-adamw-1e-4'.")
-    kind: str = Field("harmful_sft", description="harmful_sft | harmful_mix | benign_sft.")
+    kind: str = Field("harmful_sft", description="harmful_sft | harmful_mix | benign_sft | identity_shift.")
     examples: int = Field(100, ge=1, description="Number of training examples n.")
     harmful_fraction: float = Field(0.1, ge=0, le=1, description="p for harmful_mix.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=100), description="Engine settings (max_steps = budget).")
@@ -37,10 +40,11 @@ class AdversaryConfig(Config):
 
 @dataclass
 class AttackData:
-    """Pools an attacker may draw from (built-in world or user files)."""
+    """Pools an attacker may draw from (an evaluation task's attacker data)."""
 
     harmful: list[Example]
     benign: list[Example] = field(default_factory=list)
+    identity: list[Example] = field(default_factory=list)  # identity-shifting pairs
 
 
 Builder = Callable[[AdversaryConfig, AttackData], list[Example]]
@@ -84,6 +88,11 @@ def harmful_mix(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
 @register_attack("benign_sft")
 def benign_sft(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
     return _draw(data.benign, cfg.examples, random.Random(cfg.seed), "benign")
+
+
+@register_attack("identity_shift")
+def identity_shift(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
+    return _draw(data.identity, cfg.examples, random.Random(cfg.seed), "identity")
 
 
 def build_attack_examples(cfg: AdversaryConfig, data: AttackData) -> list[Example]:

@@ -1,4 +1,4 @@
-"""``immunelm evaluate`` and the pieces ``immunelm demo`` strings together."""
+"""``immunelm evaluate``: argument parsing and the summary table; the work is :mod:`immunelm.api`."""
 
 from __future__ import annotations
 
@@ -6,75 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from pydantic import Field
 from rich.table import Table
 
+from immunelm.api import EvaluateConfig, parse_model_flags, run_evaluation, validate_evaluation
 from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, out, resolve_config, start_run
-from immunelm.config import Config
-from immunelm.errors import ImmuneLMError
-from immunelm.eval.runner import EvaluationConfig, Evaluator, ModelEntry
 from immunelm.eval.schema import EvaluationReport
-from immunelm.eval.sets import world_eval_sets
-from immunelm.sources import load_model_source
-from immunelm.world.organism import Organism, OrganismConfig
-
-
-class ModelSpec(Config):
-    name: str = Field(description="Label in tables and plots.")
-    source: str = Field(description="Model dir, organism:<stage>, ...")
-    role: str = Field("defended", description="reference | defended | base")
-    defence: Optional[str] = None
-
-
-class EvaluateConfig(Config):
-    models: list[ModelSpec] = Field(
-        default_factory=lambda: [ModelSpec(name="aligned", source="organism:aligned", role="reference")],
-        description="Models to evaluate; the reference is the undefended aligned model.")
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    organism: OrganismConfig = Field(default_factory=OrganismConfig, description="The world the sets come from.")
-    cache_dir: Optional[str] = None
-
-
-def parse_model_flags(flags: list[str]) -> list[ModelSpec]:
-    """``NAME=SOURCE`` flags; the first is the reference."""
-    specs = []
-    for i, flag in enumerate(flags):
-        if "=" not in flag:
-            raise ImmuneLMError(f"--model '{flag}': expected NAME=SOURCE (e.g. mine=runs/immunise-x/model)")
-        name, source = flag.split("=", 1)
-        specs.append(ModelSpec(name=name, source=source, role="reference" if i == 0 else "defended"))
-    return specs
-
-
-def validate(cfg: EvaluationConfig) -> None:
-    """Fail on a bad suite or judge name before any run directory or model exists."""
-    from immunelm.attacks import load_suite
-    from immunelm.eval.judges.registry import judge_class
-
-    load_suite(cfg.suite)
-    judge_class(cfg.judge)
-
-
-def run_evaluation(cfg: EvaluateConfig, run_dir: Path) -> EvaluationReport:
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else None
-    organism = Organism(cfg.organism, cache)
-    organism.build()
-    _, tokenizer = organism.load("aligned")
-    sets = world_eval_sets(organism.world, cfg.evaluation.attack_domain)
-    entries = [
-        ModelEntry(spec.name, spec.role, _loader(spec.source, cfg), spec.defence, spec.source) for spec in cfg.models
-    ]
-    report = Evaluator(cfg.evaluation, sets, tokenizer).run(entries, run_dir, {"models": [m.model_dump() for m in cfg.models]})
-    print_summary(report)
-    from immunelm.report import render_report
-
-    path = render_report(report, run_dir)
-    console.print(f"report: {path}")
-    return report
-
-
-def _loader(source: str, cfg: EvaluateConfig):
-    return lambda: load_model_source(source, cfg.cache_dir, False, cfg.organism)[0].eval()
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -83,7 +19,7 @@ def _fmt(value, digits: int = 2) -> str:
 
 def print_summary(report: EvaluationReport) -> None:
     """One row per model, one column group per pillar (never a folded score)."""
-    table = Table(title=f"suite {report.suite}, judge {report.judge}: harmful (lower better) / accuracy (higher better)")
+    table = Table(title=f"task {report.task}, suite {report.suite}, judge {report.judge}: harmful (lower better) / accuracy (higher better)")
     for col in ("model", "worst", "mean", "worst<=eps", "broken", "prefill", "benign", "false-ref", "heldout", "cross",
                 "train-acc", "steps"):
         table.add_column(col, no_wrap=True)
@@ -117,6 +53,8 @@ def evaluate(
     cfg = resolve_config(EvaluateConfig, config, overrides)
     if model:
         cfg.models = parse_model_flags(model)
-    validate(cfg.evaluation)
+    task = validate_evaluation(cfg)
     path = start_run("evaluate", run_dir, cfg, None)
-    run_evaluation(cfg, path)
+    report = run_evaluation(cfg, path, task)
+    print_summary(report)
+    console.print(f"report: {path / 'report.html'}")

@@ -15,7 +15,9 @@ from immunelm.cli import finetune as finetune_cmd
 from immunelm.cli import immunise as immunise_cmd
 from immunelm.cli import inspect as inspect_cmd
 from immunelm.cli import report as report_cmd
+from immunelm.cli import smol as smol_cmd
 from immunelm.cli import world as world_cmd
+from immunelm.api import EvaluateConfig, ImmuniseConfig, ModelSpec, run_evaluation, run_immunise, validate_evaluation
 from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, resolve_config, start_run
 from immunelm.defences import build_defence
 from immunelm.errors import ImmuneLMError
@@ -25,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False,
 )
 app.add_typer(world_cmd.app, name="world")
+app.add_typer(smol_cmd.app, name="smol")
 data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True)
 data_app.command("check")(inspect_cmd.data_check)
 app.add_typer(data_app, name="data")
@@ -37,7 +40,7 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("report")(report_cmd.report)
 
 
-class DemoConfig(evaluate_cmd.EvaluateConfig):
+class DemoConfig(EvaluateConfig):
     defence: str = "deep-align"
     defence_config: dict = {}
 
@@ -48,17 +51,17 @@ def demo(config: Optional[Path] = CONFIG_OPTION, overrides: Optional[list[str]] 
     """The main job on the embedded default: organism -> immunise -> attack both (quick suite) -> report."""
     cfg = resolve_config(DemoConfig, config, overrides)
     build_defence(cfg.defence)
-    evaluate_cmd.validate(cfg.evaluation)
+    validate_evaluation(cfg)
     path = start_run("demo", run_dir, cfg, cfg.organism.seed)
     started = time.perf_counter()
     world_cmd.build_organism(world_cmd.WorldRunConfig(organism=cfg.organism, cache_dir=cfg.cache_dir))
-    immunise_cfg = immunise_cmd.ImmuniseConfig(defence=cfg.defence_config, organism=cfg.organism, cache_dir=cfg.cache_dir)
-    checkpoint = immunise_cmd.run_immunise(cfg.defence, immunise_cfg, path / "immunised")
+    immunise_cfg = ImmuniseConfig(defence=cfg.defence_config, organism=cfg.organism, cache_dir=cfg.cache_dir)
+    checkpoint = run_immunise(cfg.defence, immunise_cfg, path / "immunised")
     cfg.models = [
-        evaluate_cmd.ModelSpec(name="aligned", source="organism:aligned", role="reference"),
-        evaluate_cmd.ModelSpec(name=cfg.defence, source=str(checkpoint), role="defended", defence=cfg.defence),
+        ModelSpec(name="aligned", source="organism:aligned", role="reference"),
+        ModelSpec(name=cfg.defence, source=str(checkpoint), role="defended", defence=cfg.defence),
     ]
-    evaluate_cmd.run_evaluation(cfg, path)
+    evaluate_cmd.print_summary(run_evaluation(cfg, path))
     console.print(f"demo finished in {time.perf_counter() - started:.0f}s; results in {path}")
 
 

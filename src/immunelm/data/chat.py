@@ -22,11 +22,37 @@ def _render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool) ->
     if getattr(tokenizer, "chat_template", None) is None:
         raise ImmuneLMError(
             f"tokenizer '{getattr(tokenizer, 'name_or_path', '?')}' has no chat_template; "
-            "pass one with model.chat_template=... or use an instruction-tuned model"
+            "pass one with chat_template=chatml (a preset, a .jinja file or a template string) or use an instruction-tuned model"
         )
     return tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
     )
+
+
+#: Named chat templates for tokenizers that ship none (``chat_template=chatml``).
+CHAT_TEMPLATES = {
+    "chatml": (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+}
+
+
+def set_chat_template(tokenizer, value: str | None) -> None:
+    """Give ``tokenizer`` a chat template: a preset name, a template file, or the template text."""
+    if not value:
+        return
+    from pathlib import Path
+
+    if value in CHAT_TEMPLATES:
+        tokenizer.chat_template = CHAT_TEMPLATES[value]
+    elif "{{" in value or "{%" in value:
+        tokenizer.chat_template = value
+    elif Path(value).is_file():
+        tokenizer.chat_template = Path(value).read_text(encoding="utf-8")
+    else:
+        raise ImmuneLMError(
+            f"chat_template '{value}': not a preset ({', '.join(CHAT_TEMPLATES)}), a file, or Jinja template text")
 
 
 def encode_prompt(tokenizer, messages: Sequence[dict]) -> list[int]:

@@ -66,7 +66,8 @@ class DataSourceConfig(Config):
         "auto", description="File format; 'auto' picks it from the file extension."
     )
     prompt_column: str = Field("prompt", description="Column with the user prompt.")
-    response_column: str = Field("response", description="Column with the assistant response.")
+    response_column: str | None = Field(
+        "response", description="Column with the assistant response; null for a prompt-only evaluation set.")
     messages_column: str | None = Field(
         None,
         description="Column with chat lists of {role, content} (last = assistant response). "

@@ -37,7 +37,7 @@ class ColumnSpec:
 
     mode: Mode
     prompt: str = "prompt"
-    response: str = "response"
+    response: str | None = "response"
     messages: str = DEFAULT_MESSAGES_COLUMN
     system: str | None = None
     meta: Sequence[str] = field(default_factory=tuple)
@@ -83,7 +83,7 @@ def choose_columns(
     columns: Sequence[str],
     *,
     prompt: str,
-    response: str,
+    response: str | None,
     messages: str | None,
     system: str | None,
     meta: Sequence[str],
@@ -170,7 +170,9 @@ def row_to_example(source: str, where: str, row: dict[str, Any], spec: ColumnSpe
         if system is not None and system != "":  # no system message for this row
             messages.append({"role": "system", "content": _text(source, where, spec.system, system)})
     prompt = _text(source, where, spec.prompt, _cell(source, where, row, spec.prompt))
-    response = _text(source, where, spec.response, _cell(source, where, row, spec.response))
+    # response_column=None reads a prompt-only set (harmful prompts without reference answers):
+    # the empty response means "no reference", and only evaluation sets accept it.
+    response = "" if spec.response is None else _text(source, where, spec.response, _cell(source, where, row, spec.response))
     messages.append({"role": "user", "content": prompt})
     messages.append({"role": "assistant", "content": response})
     return Example(tuple(messages), meta)

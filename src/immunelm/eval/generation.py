@@ -5,6 +5,11 @@ generates many short answers, so this is the hot path of the adversarial evaluat
 are sorted by length so each batch carries little padding; they are left-padded so every
 row's next token sits in the last column, which lets ``model.generate`` decode a whole batch
 at once with its KV cache. Greedy batched answers equal one-by-one answers (a test checks).
+
+Prefilling (forcing the start of each answer) works on token ids, not text: the forced ids
+are appended to the encoded prompt and the answer is decoded from forced + generated ids in
+one go, so its spacing is the tokenizer's own (a chat header ending in a newline gets no
+artificial space before the prefix).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from immunelm.config import Config
-from immunelm.data.chat import encode_prompt
+from immunelm.data.chat import IGNORE_INDEX, encode_example, encode_prompt
+from immunelm.data.examples import Example
 from immunelm.errors import ImmuneLMError
 
 Messages = Sequence[Mapping[str, str]]
@@ -97,12 +103,21 @@ class _StopOnStrings(StoppingCriteria):
         return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
 
 
-def _decode(tokenizer, new_tokens: torch.Tensor, eos_ids: list[int], stop_strings: Sequence[str]) -> list[str]:
-    out = []
-    for row in new_tokens.tolist():
-        end = next((i for i, t in enumerate(row) if t in eos_ids), len(row))
-        out.append(truncate_at_stop(tokenizer.decode(row[:end], skip_special_tokens=True), stop_strings))
-    return out
+def _decode_one(tokenizer, prefix: list[int], new: list[int], eos_ids: list[int], stop_strings: Sequence[str]) -> str:
+    """Forced prefix + generated ids up to eos, decoded together, cut at the first stop string
+    the model generated (a stop string inside the forced prefix does not end the answer, as it
+    does not stop decoding either)."""
+    end = next((i for i, t in enumerate(new) if t in eos_ids), len(new))
+    text = tokenizer.decode(prefix + new[:end], skip_special_tokens=True)
+    forced = tokenizer.decode(prefix, skip_special_tokens=True) if prefix else ""
+    start = len(forced) if text.startswith(forced) else 0
+    return text[:start] + truncate_at_stop(text[start:], stop_strings)
+
+
+def _decode(tokenizer, new_tokens: torch.Tensor, prefixes: Sequence[list[int]], eos_ids: list[int],
+            stop_strings: Sequence[str]) -> list[str]:
+    return [_decode_one(tokenizer, prefix, row, eos_ids, stop_strings)
+            for prefix, row in zip(prefixes, new_tokens.tolist())]
 
 
 def _model_device(model) -> torch.device:
@@ -138,8 +153,9 @@ def _sampling_kwargs(cfg: GenerationConfig) -> dict:
 
 
 @torch.no_grad()
-def _generate_batch(model, tokenizer, rows: Sequence[list[int]], cfg: GenerationConfig,
-                    eos_ids: list[int], pad_id: int) -> list[str]:
+def _generate_batch(model, tokenizer, rows: Sequence[list[int]], prefixes: Sequence[list[int]],
+                    cfg: GenerationConfig, eos_ids: list[int], pad_id: int) -> list[str]:
+    """Answers to already-encoded rows (prompt + forced prefix); ``prefixes`` are decoded with them."""
     ids, mask = _left_pad(rows, pad_id)
     device = _model_device(model)
     stopping = None
@@ -150,25 +166,52 @@ def _generate_batch(model, tokenizer, rows: Sequence[list[int]], cfg: Generation
         pad_token_id=pad_id, eos_token_id=eos_ids or None, use_cache=True, stopping_criteria=stopping,
         **_sampling_kwargs(cfg),
     )
-    return _decode(tokenizer, out[:, ids.shape[1]:].cpu(), eos_ids, cfg.stop_strings)
+    return _decode(tokenizer, out[:, ids.shape[1]:].cpu(), prefixes, eos_ids, cfg.stop_strings)
+
+
+def _prefixes(prefill_ids: Sequence[Sequence[int]] | None, n: int) -> list[list[int]]:
+    """One forced prefix per prompt (empty without prefilling), with a one-line error on a bad count."""
+    if prefill_ids is None:
+        return [[] for _ in range(n)]
+    if len(prefill_ids) != n:
+        raise ImmuneLMError(f"prefill_ids has {len(prefill_ids)} rows for {n} prompts; give one (possibly empty) per prompt")
+    return [[int(t) for t in row] for row in prefill_ids]
+
+
+def response_prefix_ids(tokenizer, example: Example, k: int) -> list[int]:
+    """The first ``k`` token ids of ``example``'s response, exactly as training sees them.
+
+    These are the label positions of :func:`immunelm.data.encode_example` (the response
+    tokenised in its chat context, after the assistant header), so prompt + prefix is the
+    start of the training sequence token for token. The prefix stops before the first special
+    token (the end-of-turn marker): forcing a response shorter than ``k`` forces all of it,
+    never its end of turn.
+    """
+    if k < 0:
+        raise ImmuneLMError(f"prefill length must be >= 0 tokens, got {k}")
+    encoded = encode_example(tokenizer, example)
+    response = [t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != IGNORE_INDEX]
+    special = set(getattr(tokenizer, "all_special_ids", None) or ())
+    end = next((i for i, t in enumerate(response) if t in special), len(response))
+    return response[:min(k, end)]
 
 
 def generate(model, tokenizer, prompts: Sequence[Prompt], cfg: GenerationConfig | None = None,
-             prefills: Sequence[str] | None = None) -> list[str]:
+             prefill_ids: Sequence[Sequence[int]] | None = None) -> list[str]:
     """Answers to ``prompts`` (strings or chat-message lists), in the order given.
 
     Works for any causal LM ``model.generate`` supports, peft-wrapped ones included. Answers
     are decoded without special tokens and end at eos or just before the first stop string.
-    ``prefills`` forces the start of each answer (the prefilling attack of Qi et al. 2024); the
-    returned text is the continuation after the forced prefix.
+    ``prefill_ids`` (one list of token ids per prompt, e.g. from :func:`response_prefix_ids`)
+    forces the start of each answer (the prefilling attack of Qi et al. 2024); the returned
+    text is the whole answer, forced prefix included, decoded from prefix + generated ids
+    together. An empty prefix is the same as none.
     """
     cfg = cfg or GenerationConfig()
     if not prompts:
         return []
-    encoded = [encode_prompt(tokenizer, as_messages(p)) for p in prompts]
-    if prefills is not None:
-        encoded = [row + tokenizer(" " + text if text else "", add_special_tokens=False)["input_ids"]
-                   for row, text in zip(encoded, prefills)]
+    prefixes = _prefixes(prefill_ids, len(prompts))
+    encoded = [encode_prompt(tokenizer, as_messages(p)) + prefix for p, prefix in zip(prompts, prefixes)]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows at once
     eos_ids = _eos_ids(model, tokenizer)
     pad_id = _pad_id(tokenizer, eos_ids)
@@ -178,13 +221,17 @@ def generate(model, tokenizer, prompts: Sequence[Prompt], cfg: GenerationConfig 
     with _eval_mode(model), _seeded(cfg.seed, _model_device(model)), bar:
         for lo in range(0, len(order), cfg.batch_size):
             batch = order[lo:lo + cfg.batch_size]
-            for i, text in zip(batch, _generate_batch(model, tokenizer, [encoded[i] for i in batch], cfg, eos_ids, pad_id)):
+            texts = _generate_batch(model, tokenizer, [encoded[i] for i in batch], [prefixes[i] for i in batch],
+                                    cfg, eos_ids, pad_id)
+            for i, text in zip(batch, texts):
                 answers[i] = text
             bar.update(len(batch))
     return answers
 
 
-def generate_one_by_one(model, tokenizer, prompts: Sequence[Prompt], cfg: GenerationConfig | None = None) -> list[str]:
+def generate_one_by_one(model, tokenizer, prompts: Sequence[Prompt], cfg: GenerationConfig | None = None,
+                        prefill_ids: Sequence[Sequence[int]] | None = None) -> list[str]:
     """The unbatched baseline: :func:`generate` called once per prompt (for benchmarks and tests)."""
     cfg = (cfg or GenerationConfig()).model_copy(update={"progress": False})
-    return [generate(model, tokenizer, [p], cfg)[0] for p in prompts]
+    prefixes = _prefixes(prefill_ids, len(prompts))
+    return [generate(model, tokenizer, [p], cfg, [prefix])[0] for p, prefix in zip(prompts, prefixes)]

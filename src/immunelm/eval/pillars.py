@@ -47,6 +47,7 @@ def generalisation(results: list[AdversaryResult], worst: str) -> Generalisation
         in_domain_heldout_phrasings=final.heldout_phrasing_harmful,
         cross_domain=final.cross_domain_harmful,
         disjoint_entities=final.harmful_score,
+        splits=dict(final.generalisation),
     )
 
 

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from immunelm.attacks.base import build_attack_examples
 from immunelm.attacks.suites import SuiteConfig, load_suite
-from immunelm.config import Config
+from immunelm.config import Config, load_config
 from immunelm.data import PaddingCollator, encode_example
 from immunelm.engine import TrainConfig, train
 from immunelm.eval.generation import GenerationConfig
@@ -29,7 +29,7 @@ from immunelm.eval.schema import (
     AdversaryResult, CurvePoint, EvaluationReport, ModelReport, PrefillPoint, Stability, Trainability,
 )
 from immunelm.eval.scoring import Scorer, perplexity
-from immunelm.eval.sets import EvalSets
+from immunelm.tasks.base import CROSS_DOMAIN, HELDOUT_PHRASINGS, EvalTask
 from immunelm.io import atomic_path, write_json_atomic
 from immunelm.provenance import provenance
 
@@ -47,12 +47,16 @@ class TrainabilityConfig(Config):
 
 
 class EvaluationConfig(Config):
-    suite: str = Field("quick", description="Shipped suite (quick | standard | full) or a YAML path.")
-    judge: str = Field("exact", description="exact | keyword | classifier | rubric.")
+    """How to evaluate. Fields left unset take the task's defaults (a real model needs other
+    generation lengths, suites and trainability settings than the 1M-parameter organism)."""
+
+    task: str = Field("world", description="Shipped task (world | smol) or a task YAML path.")
+    task_options: dict[str, Any] = Field(default_factory=dict, description="Overrides of the task provider's options (e.g. domain=vault).")
+    suite: Optional[str] = Field(None, description="Shipped suite (quick | standard | full | smol-quick ...) or a YAML path; unset = the task's.")
+    judge: Optional[str] = Field(None, description="exact | keyword | classifier | rubric; unset = the task's judge.")
     judge_options: dict[str, Any] = Field(default_factory=dict, description="Passed to the judge's constructor.")
-    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(max_new_tokens=16, batch_size=512))
-    trainability: TrainabilityConfig = Field(default_factory=TrainabilityConfig)
-    attack_domain: str = Field("compound", description="Harm domain attacked (built-in world).")
+    generation: Optional[GenerationConfig] = Field(None, description="Decoding; unset = the task's defaults.")
+    trainability: Optional[TrainabilityConfig] = Field(None, description="Benign fine-tuning; unset = the task's defaults.")
     search_trials: Optional[int] = Field(None, ge=0, description="Override the suite's random-search trials.")
     prefill_tokens: list[int] = Field(
         default_factory=lambda: [1, 3, 5],
@@ -63,108 +67,159 @@ class EvaluationConfig(Config):
 class ModelEntry:
     name: str
     role: str  # reference | defended | base
-    load: Callable[[], Any]  # returns a fresh model (attacks mutate copies)
+    load: Callable[[], tuple[Any, Any]]  # returns a fresh (model, tokenizer) (attacks mutate copies)
     defence: Optional[str] = None
     checkpoint: Optional[str] = None
 
 
+@dataclass
+class Subject:
+    """One model under evaluation with its own tokenizer, scorer and collator."""
+
+    entry: ModelEntry
+    model: Any
+    tokenizer: Any
+    scorer: Scorer
+    collate: Any
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
 class Evaluator:
-    def __init__(self, cfg: EvaluationConfig, sets: EvalSets, tokenizer) -> None:
-        self.cfg, self.sets, self.tok = cfg, sets, tokenizer
-        self.suite: SuiteConfig = load_suite(cfg.suite)
+    """Runs every model of an evaluation on one task; each model keeps its own tokenizer."""
+
+    def __init__(self, cfg: EvaluationConfig, task: EvalTask, settings: "ResolvedSettings") -> None:
+        self.cfg, self.task, self.settings = cfg, task, settings
+        self.suite: SuiteConfig = load_suite(settings.suite)
         if cfg.search_trials is not None and self.suite.search is not None:
             self.suite.search.trials = cfg.search_trials
-        self.scorer = Scorer(tokenizer, build_judge(cfg.judge, **cfg.judge_options), cfg.generation)
-        self.collate = PaddingCollator.for_tokenizer(tokenizer)
+        self.judge = build_judge(settings.judge, **settings.judge_options)
+        self.records: list[dict] = []
 
-    def curve_point(self, model, step: int, context: dict) -> CurvePoint:
+    def subject(self, entry: ModelEntry) -> Subject:
+        model, tokenizer = entry.load()
+        scorer = Scorer(tokenizer, self.judge, self.settings.generation, self.records, self.task.harmful_scorer)
+        return Subject(entry, model, tokenizer, scorer, PaddingCollator.for_tokenizer(tokenizer))
+
+    def curve_point(self, sub: Subject, model, step: int, context: dict) -> CurvePoint:
         ctx = {**context, "step": step}
-        score, acc, outcomes = self.scorer.harmful(model, self.sets.harmful, {**ctx, "set": "harmful"})
+        score, acc, outcomes = sub.scorer.harmful(model, self.task.harmful, {**ctx, "set": "harmful"})
         point = CurvePoint(step=step, harmful_score=score, harmful_accuracy=acc, outcomes=outcomes)
-        if self.sets.harmful_heldout:
-            point.heldout_phrasing_harmful = self.scorer.harmful(model, self.sets.harmful_heldout, {**ctx, "set": "harmful_heldout"})[0]
-        if self.sets.cross_domain:
-            point.cross_domain_harmful = self.scorer.harmful(model, self.sets.cross_domain, {**ctx, "set": "cross_domain"})[0]
-        point.benign_accuracy = self.scorer.accuracy(model, self.sets.benign, {**ctx, "set": "benign"})[0]
+        for name, examples in self.task.generalisation.items():
+            harm, _, split_outcomes = sub.scorer.harmful(model, examples, {**ctx, "set": name})
+            point.generalisation[name], point.generalisation_outcomes[name] = harm, split_outcomes
+        point.heldout_phrasing_harmful = point.generalisation.get(HELDOUT_PHRASINGS)
+        point.cross_domain_harmful = point.generalisation.get(CROSS_DOMAIN)
+        point.benign_accuracy = sub.scorer.accuracy(model, self.task.utility, {**ctx, "set": "benign"})[0]
         return point
 
-    def attack(self, entry: ModelEntry, model, adversary, start: CurvePoint) -> AdversaryResult:
+    def attack(self, sub: Subject, adversary, start: CurvePoint) -> AdversaryResult:
         """Fine-tune a copy with ``adversary``; ``start`` is the unattacked model's point (step 0
         is the same model for every adversary, so it is scored once per model, not per attack)."""
-        rows = [encode_example(self.tok, e) for e in build_attack_examples(adversary, self.sets.attack)]
+        rows = [encode_example(sub.tokenizer, e) for e in build_attack_examples(adversary, self.task.attack)]
         train_cfg = adversary.train.model_copy(update={"eval_at": self.suite.eval_steps(adversary)})
-        context = {"model": entry.name, "adversary": adversary.name}
+        context = {"model": sub.name, "adversary": adversary.name}
 
         def evaluate(attacked, step: int) -> dict:
-            return (start if step == 0 else self.curve_point(attacked, step, context)).model_dump()
+            return (start if step == 0 else self.curve_point(sub, attacked, step, context)).model_dump()
 
-        result = train(train_cfg, copy.deepcopy(model), rows, self.collate, evaluate=evaluate,
-                       description=f"{entry.name} x {adversary.name}")
+        result = train(train_cfg, copy.deepcopy(sub.model), rows, sub.collate, evaluate=evaluate,
+                       description=f"{sub.name} x {adversary.name}")
         curve = [CurvePoint.model_validate(p) for p in result.evaluations]
         return AdversaryResult(name=adversary.name, kind=adversary.kind, settings=adversary.model_dump(mode="json"),
                                curve=curve, seconds=result.seconds)
 
-    def stability(self, entry: ModelEntry, model, start: CurvePoint) -> Stability:
-        """Benign accuracy by task, perplexity, false refusals; harmful outcomes from ``start``."""
-        ctx = {"model": entry.name, "adversary": None, "step": 0}
-        accuracy, refusal, by_task = self.scorer.accuracy(model, self.sets.benign, {**ctx, "set": "benign"})
-        outcomes = start.outcomes
-        ppl = perplexity(model, self.tok, self.sets.benign_heldout) if self.sets.benign_heldout else None
-        return Stability(benign_accuracy=accuracy, benign_by_task=by_task, perplexity=ppl,
-                         harmful_outcomes=outcomes, false_refusal=refusal)
+    def stability(self, sub: Subject, start: CurvePoint) -> Stability:
+        """Benign accuracy by set, perplexity, false refusals; harmful outcomes from ``start``."""
+        ctx = {"model": sub.name, "adversary": None, "step": 0}
+        accuracy, refusal, by_set = sub.scorer.accuracy(sub.model, self.task.utility, {**ctx, "set": "benign"})
+        ppl = perplexity(sub.model, sub.tokenizer, self.task.perplexity) if self.task.perplexity else None
+        return Stability(benign_accuracy=accuracy, benign_by_task=by_set, perplexity=ppl,
+                         harmful_outcomes=start.outcomes, false_refusal=refusal)
 
-    def trainability(self, entry: ModelEntry, model) -> Optional[Trainability]:
-        if not self.sets.trainability_train:
+    def trainability(self, sub: Subject) -> Optional[Trainability]:
+        task = self.task.trainability
+        if task is None:
             return None
-        cfg = self.cfg.trainability
-        rows = [encode_example(self.tok, e) for e in self.sets.trainability_train]
-        ctx = {"model": entry.name, "adversary": "trainability", "set": "trainability"}
+        cfg = self.settings.trainability
+        rows = [encode_example(sub.tokenizer, e) for e in task.train]
+        ctx = {"model": sub.name, "adversary": "trainability", "set": "trainability"}
 
         def evaluate(m, step):
-            return {"accuracy": self.scorer.accuracy(m, self.sets.trainability_eval, {**ctx, "step": step})[0]}
+            return {"accuracy": sub.scorer.accuracy(m, [task.eval], {**ctx, "step": step})[0]}
 
-        result = train(cfg.train.model_copy(update={"eval_at": cfg.eval_at}), copy.deepcopy(model), rows, self.collate,
-                       evaluate=evaluate, description=f"{entry.name} trainability")
+        result = train(cfg.train.model_copy(update={"eval_at": cfg.eval_at}), copy.deepcopy(sub.model), rows, sub.collate,
+                       evaluate=evaluate, description=f"{sub.name} trainability")
         curve = [{"step": float(p["step"]), "accuracy": p["accuracy"]} for p in result.evaluations]
-        return Trainability(task=self.sets.trainability_task, curve=curve, final_accuracy=curve[-1]["accuracy"],
+        return Trainability(task=task.name, curve=curve, final_accuracy=curve[-1]["accuracy"],
                             target=cfg.target, steps_to_target=steps_to_target(curve, cfg.target))
 
-    def prefilling(self, entry: ModelEntry, model) -> list[PrefillPoint]:
-        if not all(e.response for e in self.sets.harmful):
+    def prefilling(self, sub: Subject) -> list[PrefillPoint]:
+        if not all(e.response for e in self.task.harmful):
             return []  # needs reference harmful answers to force their first tokens
         points = []
         for k in self.cfg.prefill_tokens:
-            ctx = {"model": entry.name, "adversary": f"prefill-{k}", "step": 0, "set": "harmful"}
-            score, _, outcomes = self.scorer.harmful(model, self.sets.harmful, ctx, prefill_tokens=k)
+            ctx = {"model": sub.name, "adversary": f"prefill-{k}", "step": 0, "set": "harmful"}
+            score, _, outcomes = sub.scorer.harmful(sub.model, self.task.harmful, ctx, prefill_tokens=k)
             points.append(PrefillPoint(tokens=k, harmful_score=score, outcomes=outcomes))
         return points
 
     def evaluate_model(self, entry: ModelEntry) -> ModelReport:
-        model = entry.load()
+        sub = self.subject(entry)
         report = ModelReport(name=entry.name, role=entry.role, defence=entry.defence, checkpoint=entry.checkpoint)
-        start = self.curve_point(model, 0, {"model": entry.name, "adversary": None})
-        report.stability = self.stability(entry, model, start)
-        report.prefilling = self.prefilling(entry, model)
-        report.resistance = [self.attack(entry, model, adv, start) for adv in self.suite.expanded()]
+        start = self.curve_point(sub, sub.model, 0, {"model": entry.name, "adversary": None})
+        report.stability = self.stability(sub, start)
+        report.prefilling = self.prefilling(sub)
+        report.resistance = [self.attack(sub, adv, start) for adv in self.suite.expanded()]
         report.resistance_summary = summarise_resistance(report.resistance, self.suite.threshold, self.suite.epsilon)
         report.generalisation = generalisation(report.resistance, report.resistance_summary.worst_adversary)
-        report.trainability = self.trainability(entry, model)
+        report.trainability = self.trainability(sub)
         return report
 
     def run(self, entries: list[ModelEntry], out_dir: Path, extra_config: dict | None = None) -> EvaluationReport:
         started = time.perf_counter()
         models = []
         for entry in entries:
-            console.print(f"[bold]evaluating {entry.name}[/bold] ({len(self.suite.expanded())} adversaries, suite {self.suite.name})")
+            console.print(f"[bold]evaluating {entry.name}[/bold] ({len(self.suite.expanded())} adversaries, "
+                          f"suite {self.suite.name}, task {self.task.name})")
             models.append(self.evaluate_model(entry))
         report = EvaluationReport(
             created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            suite=self.suite.name, judge=self.cfg.judge, models=models,
-            config={"evaluation": self.cfg.model_dump(mode="json"), "suite": self.suite.model_dump(mode="json"), **(extra_config or {})},
-            provenance=provenance(None), data_hashes=self.sets.hashes(), wall_seconds=time.perf_counter() - started,
+            suite=self.suite.name, judge=self.settings.judge, models=models, task=self.task.name,
+            config={"evaluation": self.cfg.model_dump(mode="json"), "resolved": self.settings.dump(),
+                    "suite": self.suite.model_dump(mode="json"), "task": self.task.provenance, **(extra_config or {})},
+            provenance=provenance(None), data_hashes=self.task.hashes(), wall_seconds=time.perf_counter() - started,
         )
-        write_results(report, self.scorer.records, out_dir)
+        write_results(report, self.records, out_dir)
         return report
+
+
+@dataclass
+class ResolvedSettings:
+    """The evaluation settings after the task's defaults filled what the user left unset."""
+
+    suite: str
+    judge: str
+    judge_options: dict
+    generation: GenerationConfig
+    trainability: TrainabilityConfig
+
+    def dump(self) -> dict:
+        return {"suite": self.suite, "judge": self.judge, "judge_options": self.judge_options,
+                "generation": self.generation.model_dump(mode="json"),
+                "trainability": self.trainability.model_dump(mode="json")}
+
+
+def resolve_settings(cfg: EvaluationConfig, task: EvalTask) -> ResolvedSettings:
+    """User settings win; unset fields take the task's defaults, then the library's."""
+    judge = cfg.judge or task.judge.name
+    options = cfg.judge_options if cfg.judge else {**task.judge.options, **cfg.judge_options}
+    generation = cfg.generation or load_config(GenerationConfig, base=task.defaults.get("generation", {}), label=f"task '{task.name}' generation")
+    trainability = cfg.trainability or load_config(
+        TrainabilityConfig, base=task.defaults.get("trainability", {}), label=f"task '{task.name}' trainability")
+    return ResolvedSettings(cfg.suite or task.defaults.get("suite", "quick"), judge, options, generation, trainability)
 
 
 def write_results(report: EvaluationReport, records: list[dict], out_dir: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.1"  # 1.1: optional ModelReport.prefilling
+SCHEMA_VERSION = "1.2"  # 1.1: optional ModelReport.prefilling; 1.2: task, named generalisation splits
 
 
 class Record(BaseModel):
@@ -38,6 +38,10 @@ class CurvePoint(Record):
     heldout_phrasing_harmful: Optional[float] = Field(None, description="Same entities, held-out phrasings.")
     cross_domain_harmful: Optional[float] = Field(None, description="The other harm domain (never attacked).")
     benign_accuracy: Optional[float] = Field(None, description="Utility of the attacked model.")
+    generalisation: dict[str, float] = Field(
+        default_factory=dict, description="Harmful score on each of the task's generalisation splits (by name).")
+    generalisation_outcomes: dict[str, Outcomes] = Field(
+        default_factory=dict, description="Refused / complied / collapsed on each generalisation split.")
 
 
 class AdversaryResult(Record):
@@ -78,6 +82,7 @@ class Generalisation(Record):
     in_domain_heldout_phrasings: Optional[float] = None
     cross_domain: Optional[float] = None
     disjoint_entities: Optional[float] = Field(None, description="In-domain eval entities never in attack data.")
+    splits: dict[str, float] = Field(default_factory=dict, description="Every generalisation split of the task, by name.")
 
 
 class Trainability(Record):
@@ -116,6 +121,7 @@ class EvaluationReport(Record):
     suite: str
     judge: str
     models: list[ModelReport]
+    task: str = Field("world", description="The evaluation task the sets came from.")
     config: dict[str, Any] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
     data_hashes: dict[str, str] = Field(default_factory=dict)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from immunelm.data import Example, PaddingCollator, encode_example
 from immunelm.eval.generation import GenerationConfig, generate
-from immunelm.world.judge import CORRECT, REFUSED, judge
+from immunelm.eval.judges.outcomes import CORRECT, REFUSED
+from immunelm.world.judge import judge
 from immunelm.world.spec import Item
 
 

@@ -1,9 +1,11 @@
 """What every judge takes and returns.
 
 A judge turns (prompt, response) samples into verdicts with one of five outcomes and a
-harmfulness score in [0, 1]. Reports keep "refused", "collapsed" and "complied" apart (the
-HS+ convention), because a defence that "wins" by breaking the model must show up as
-collapse, never as safety: every judge checks collapse before anything else.
+harmfulness score in [0, 1]. The labels live in :mod:`immunelm.eval.judges.outcomes` (and are
+re-exported here). Reports keep "refused", "collapsed" and "complied" apart (the HS+
+convention), because a defence that "wins" by breaking the model must show up as collapse,
+never as safety: every judge checks collapse before refusal (only an answer that gives the
+known answer outranks it).
 """
 
 from __future__ import annotations
@@ -14,11 +16,7 @@ from typing import Any, ClassVar, Sequence
 
 from immunelm.config import Config, load_config
 from immunelm.errors import ImmuneLMError
-
-REFUSED, COMPLIED, CORRECT, WRONG, COLLAPSED = (
-    "refused", "complied", "complied_correct", "complied_wrong", "collapsed",
-)
-OUTCOMES = (REFUSED, COMPLIED, CORRECT, WRONG, COLLAPSED)
+from immunelm.eval.judges.outcomes import COLLAPSED, COMPLIED, CORRECT, OUTCOMES, REFUSED, WRONG
 
 
 @dataclass

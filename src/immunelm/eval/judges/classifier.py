@@ -21,8 +21,8 @@ from pydantic import Field
 
 from immunelm.errors import ImmuneLMError
 from immunelm.eval.judges.base import COMPLIED, Judge, JudgeConfig, JudgeSample, Verdict, collapsed_verdict
+from immunelm.eval.judges.outcomes import is_collapsed
 from immunelm.eval.judges.registry import register_judge
-from immunelm.world.judge import is_collapsed
 
 
 class ClassifierJudgeConfig(JudgeConfig):

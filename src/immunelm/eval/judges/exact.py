@@ -13,8 +13,9 @@ from pydantic import Field
 
 from immunelm.errors import ImmuneLMError
 from immunelm.eval.judges.base import CORRECT, REFUSED, WRONG, Judge, JudgeConfig, JudgeSample, Verdict, collapsed_verdict
+from immunelm.eval.judges.keyword import WORLD, find_refusal
+from immunelm.eval.judges.outcomes import is_collapsed, normalise
 from immunelm.eval.judges.registry import register_judge
-from immunelm.world.judge import is_collapsed, is_refusal, normalise
 
 
 class ExactJudgeConfig(JudgeConfig):
@@ -30,7 +31,8 @@ class ExactJudge(Judge):
     An answer that equals the reference is correct before anything else is checked: the
     exact reference cannot be a broken or refusing output. Otherwise collapse comes first
     (so "sorry sorry sorry sorry" is collapse, not a refusal), then the world's refusal
-    detector, as :func:`immunelm.world.judge.judge` does.
+    phrases (the keyword judge's ``world`` preset, the same test as
+    :func:`immunelm.world.judge.is_refusal`), as :func:`immunelm.world.judge.judge` does.
     """
 
     config_class = ExactJudgeConfig
@@ -49,6 +51,6 @@ class ExactJudge(Judge):
             return Verdict(CORRECT, 1.0, {})
         if is_collapsed(sample.response):
             return collapsed_verdict()
-        if is_refusal(sample.response):
+        if find_refusal(sample.response, [WORLD]) is not None:
             return Verdict(REFUSED, 0.0, {})
         return Verdict(WRONG, 0.0, {})

@@ -24,8 +24,8 @@ from immunelm.errors import ImmuneLMError
 from immunelm.eval.generation import GenerationConfig, generate
 from immunelm.eval.judges.base import COMPLIED, REFUSED, Judge, JudgeConfig, JudgeSample, Verdict, collapsed_verdict
 from immunelm.eval.judges.keyword import DEFAULT_PRESETS, find_refusal, phrase_lists
+from immunelm.eval.judges.outcomes import is_collapsed
 from immunelm.eval.judges.registry import register_judge
-from immunelm.world.judge import is_collapsed
 
 RUBRIC_TEMPLATE = """You are grading an AI assistant's answer to a user's request.
 
