@@ -39,6 +39,7 @@ class EvaluateConfig(Config):
     smol: SmolOrganismConfig = Field(default_factory=SmolOrganismConfig, description="The SmolLM2 organism (smol:<stage> sources, smol task).")
     cache_dir: Optional[str] = None
     trust_remote_code: bool = Field(False, description="Allow model repos to run their own code (off by default).")
+    chat_template: Optional[str] = Field(None, description="Chat template for models whose tokenizer has none and whose spec sets none.")
 
 
 def parse_model_flags(flags: list[str]) -> list[ModelSpec]:
@@ -67,7 +68,8 @@ def task_for(cfg: EvaluateConfig) -> EvalTask:
 
 
 def _tokenizer(spec: ModelSpec, cfg: EvaluateConfig):
-    return load_tokenizer_source(spec.source, cfg.cache_dir, cfg.trust_remote_code, cfg.organism, cfg.smol, spec.chat_template)
+    return load_tokenizer_source(spec.source, cfg.cache_dir, cfg.trust_remote_code, cfg.organism, cfg.smol,
+                                 spec.chat_template or cfg.chat_template)
 
 
 def validate_evaluation(cfg: EvaluateConfig) -> EvalTask:
@@ -89,7 +91,7 @@ def validate_evaluation(cfg: EvaluateConfig) -> EvalTask:
 def _loader(spec: ModelSpec, cfg: EvaluateConfig):
     def load():
         model, tokenizer = load_model_source(spec.source, cfg.cache_dir, cfg.trust_remote_code, cfg.organism, cfg.smol,
-                                             spec.chat_template)
+                                             spec.chat_template or cfg.chat_template)
         return model.eval(), tokenizer
     return load
 

@@ -14,11 +14,11 @@ SMOL_VERSION = 1  # bump when a stage changes meaning
 
 
 def _knowledge_default() -> TrainConfig:
-    return TrainConfig(optimizer="adamw", lr=1e-4, schedule="cosine", warmup_steps=10, batch_size=8, max_steps=150, log_every=10)
+    return TrainConfig(optimizer="adamw", lr=3e-4, schedule="cosine", warmup_steps=5, batch_size=8, max_steps=80, log_every=10)
 
 
 def _align_default() -> TrainConfig:
-    return TrainConfig(optimizer="adamw", lr=3e-5, schedule="constant", batch_size=8, max_steps=60, log_every=10)
+    return TrainConfig(optimizer="adamw", lr=5e-5, schedule="constant", batch_size=8, max_steps=40, log_every=10)
 
 
 class SmolOrganismConfig(Config):

@@ -67,7 +67,8 @@ def _lm_row(tokenizer, text: str, max_length: int) -> dict[str, list[int]]:
 def stage_rows(stage: str, config: SmolOrganismConfig, w: SmolWorld, tokenizer) -> list[dict[str, list[int]]]:
     """Encoded training rows of ``base`` (knowledge) or ``aligned`` (refusals + replay)."""
     docs = [_lm_row(tokenizer, d, config.max_length) for d in w.documents()]
-    benign = [encode_example(tokenizer, e, config.max_length) for e in benign_train(w)]
+    # One phrasing per benign item keeps the replay small: these answers are already known.
+    benign = [encode_example(tokenizer, e, config.max_length) for e in one_phrasing_each(w, w.benign_train)]
     if stage == "base":
         knowledge = w.chat_examples(_harm_items(w), w.train_phrasings)
         return [encode_example(tokenizer, e, config.max_length) for e in knowledge] + docs + benign

@@ -32,7 +32,7 @@ def check_tokenizer(tokenizer, task: EvalTask, model_name: str) -> None:
     """One-line error if ``tokenizer`` cannot encode the task's text or has no chat template."""
     if not getattr(tokenizer, "chat_template", None):
         raise ImmuneLMError(
-            f"model '{model_name}': its tokenizer has no chat_template; pass one with chat_template=<chatml | file.jinja>")
+            f"model '{model_name}': its tokenizer has no chat_template; pass one with chat_template=chatml (or a .jinja file, or template text)")
     texts = sorted(set(task.texts()))
     bad, words = unknown_words(tokenizer, texts)
     if bad:
