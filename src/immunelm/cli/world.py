@@ -7,9 +7,8 @@ from typing import Optional
 
 import typer
 from pydantic import Field
-from rich.table import Table
 
-from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, out, resolve_config, start_run
+from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, out, print_criteria, resolve_config, start_run
 from immunelm.config import Config
 from immunelm.io import write_json_atomic
 from immunelm.world.check import CheckConfig, run_check
@@ -41,13 +40,7 @@ def build_organism(cfg: WorldRunConfig, force: bool = False) -> tuple[Organism, 
 
 
 def print_check(report: dict) -> None:
-    table = Table(title="world check")
-    for col in ("criterion", "measured", "target", "result"):
-        table.add_column(col)
-    for row in report["criteria"]:
-        mark = "[green]PASS[/green]" if row["passed"] else "[red]FAIL[/red]"
-        table.add_row(row["criterion"], f"{row['measured']:.3f}", f"{row['op']} {row['target']}", mark)
-    out.print(table)
+    print_criteria("world check", report["criteria"])
     m = report["measured"]
     out.print("per-token KL(aligned||base):", " ".join(f"{x:.3f}" for x in m["kl"]["per_position"]))
     out.print("attack curve (step: harmful acc):", ", ".join(

@@ -167,6 +167,7 @@ class Evaluator:
         return points
 
     def evaluate_model(self, entry: ModelEntry) -> ModelReport:
+        started = time.perf_counter()
         sub = self.subject(entry)
         report = ModelReport(name=entry.name, role=entry.role, defence=entry.defence, checkpoint=entry.checkpoint)
         start = self.curve_point(sub, sub.model, 0, {"model": entry.name, "adversary": None})
@@ -176,6 +177,7 @@ class Evaluator:
         report.resistance_summary = summarise_resistance(report.resistance, self.suite.threshold, self.suite.epsilon)
         report.generalisation = generalisation(report.resistance, report.resistance_summary.worst_adversary)
         report.trainability = self.trainability(sub)
+        report.wall_seconds = time.perf_counter() - started
         return report
 
     def run(self, entries: list[ModelEntry], out_dir: Path, extra_config: dict | None = None) -> EvaluationReport:

@@ -113,6 +113,7 @@ class ModelReport(Record):
     generalisation: Optional[Generalisation] = None
     trainability: Optional[Trainability] = None
     prefilling: list[PrefillPoint] = Field(default_factory=list)
+    wall_seconds: Optional[float] = Field(None, description="Time this model's evaluation took (all pillars).")
 
 
 class EvaluationReport(Record):

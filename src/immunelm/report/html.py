@@ -60,7 +60,7 @@ def _versions(value: Any) -> str:
 def header(report: EvaluationReport) -> list[tuple[str, str]]:
     """Where the numbers came from: enough to rerun or to spot a stale report."""
     prov = report.provenance
-    rows = [("suite", report.suite), ("judge", report.judge), ("created (UTC)", report.created_utc)]
+    rows = [("task", report.task), ("suite", report.suite), ("judge", report.judge), ("created (UTC)", report.created_utc)]
     if "git_revision" in prov:
         rows.append(("git revision", str(prov["git_revision"])))
     if "versions" in prov:
@@ -145,6 +145,29 @@ def prefilling_table(report: EvaluationReport) -> dict | None:
     return {"tokens": tokens, "rows": rows}
 
 
+def generalisation_table(report: EvaluationReport) -> dict | None:
+    """Every named generalisation split, before any attack and at the end of the worst attack,
+    with the outcome split and the attacked model's utility beside each harmful number."""
+    names = sorted({k for m in report.models for a in m.resistance for p in a.curve for k in p.generalisation})
+    if not names:
+        return None
+    rows = []
+    for m in report.models:
+        worst = metrics.worst_result(m)
+        if worst is None or not worst.curve:
+            continue
+        start, end = min(worst.curve, key=lambda p: p.step), metrics.final_point(worst)
+        for split in names:
+            cells = []
+            for point in (start, end):
+                o = point.generalisation_outcomes.get(split)
+                cells += [fmt(point.generalisation.get(split)), fmt(o.refused if o else None),
+                          fmt(o.collapsed if o else None)]
+            rows.append({"name": m.name, "split": split, "adversary": worst.name, "cells": cells,
+                         "utility": fmt(end.benign_accuracy)})
+    return {"rows": rows}
+
+
 def render_html(report: EvaluationReport, images: dict[str, bytes]) -> str:
     """The page as a string; ``images`` maps figure names (see ``plots.FIGURES``) to PNG bytes."""
     figures = [{"name": name, "caption": CAPTIONS.get(name, name), "data": base64.b64encode(data).decode("ascii")}
@@ -155,6 +178,7 @@ def render_html(report: EvaluationReport, images: dict[str, bytes]) -> str:
         report=report, header=header(report), thresholds=thresholds(report),
         summary=[summary_row(m) for m in report.models], figures=figures,
         per_adversary=per_adversary, details=_details(report), prefilling=prefilling_table(report),
+        generalisation=generalisation_table(report),
     )
 
 

@@ -98,6 +98,20 @@ Harmful scores are fractions in [0, 1] (lower is better) read at the end of each
 </table></div>
 {% endif %}
 
+{% if generalisation %}<h2>Generalisation splits</h2>
+<p class="note">Each split of the task before any attack (step 0) and at the end of the model's worst attack, with the
+refused and collapsed shares and the attacked model's utility beside the harmful score: a model that collapses is not safe.</p>
+<div class="scroll"><table class="adversaries" id="generalisation">
+<thead><tr><th class="name">model</th><th class="name">split</th><th class="name">worst attack</th>
+<th>harmful, step 0 ↓</th><th>refused, step 0</th><th>collapsed, step 0</th>
+<th>harmful, end ↓</th><th>refused, end</th><th>collapsed, end</th><th>utility at end ↑</th></tr></thead>
+<tbody>
+{% for row in generalisation.rows %}<tr><td class="name">{{ row.name }}</td><td class="txt">{{ row.split }}</td><td class="txt">{{ row.adversary }}</td>
+{% for cell in row.cells %}{{ td(cell) }}{% endfor %}{{ td(row.utility) }}</tr>
+{% endfor %}</tbody>
+</table></div>
+{% endif %}
+
 <h2>Per-adversary results</h2>
 <p class="note">Final = the last evaluated attack step. Utility is the attacked model's benign accuracy.
 Refused / collapsed / complied split the harmful prompts at the final step; collapsed answers are not counted as safe.

@@ -19,13 +19,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from immunelm.data import PaddingCollator
 from immunelm.engine import train
 from immunelm.errors import ImmuneLMError
-from immunelm.io import atomic_dir, write_json_atomic
 from immunelm.models import load_model_and_tokenizer
 from immunelm.models.loading import ensure_pad_token
 from immunelm.provenance import provenance
 from immunelm.smol import data as smol_data
 from immunelm.smol.config import SmolOrganismConfig
-from immunelm.world.organism import default_cache_root
+from immunelm.world.organism import default_cache_root, save_stage
 
 
 class SmolOrganism:
@@ -82,10 +81,7 @@ class SmolOrganism:
             "stage": stage, "seconds": result.seconds, "final_loss": result.history[-1]["loss"], "rows": n_rows,
             "history": result.history, "config": self.config.model_dump(mode="json"), **provenance(self.config.seed),
         }
-        with atomic_dir(self.stage_dir(stage)) as tmp:
-            result.model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            write_json_atomic(tmp / "build.json", record)
+        save_stage(self.stage_dir(stage), result.model, tokenizer, record)
         return record
 
     def tokenizer(self, stage: str):

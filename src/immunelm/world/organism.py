@@ -109,6 +109,15 @@ def align(cfg: OrganismConfig, world: World, tokenizer, base_model):
     return train(cfg.align, base_model, rows, PaddingCollator(tokenizer.pad_token_id), description="align")
 
 
+def save_stage(path: Path, model, tokenizer, record: dict) -> None:
+    """A stage directory (safetensors + tokenizer + build.json) written atomically; build.json
+    marks it complete, so a killed build is never mistaken for a cached stage."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "build.json", record)
+
+
 class Organism:
     """Handle on a built (cached) organism: its world, tokenizer and stage directories."""
 
@@ -152,10 +161,7 @@ class Organism:
             "history": result.history, "config": self.config.model_dump(mode="json"),
             **provenance(self.config.seed),
         }
-        with atomic_dir(self.stage_dir(stage)) as tmp:
-            result.model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            write_json_atomic(tmp / "build.json", record)
+        save_stage(self.stage_dir(stage), result.model, tokenizer, record)
         return record
 
     def load(self, stage: str):
