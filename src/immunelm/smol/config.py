@@ -14,7 +14,8 @@ SMOL_VERSION = 1  # bump when a stage changes meaning
 
 
 def _knowledge_default() -> TrainConfig:
-    return TrainConfig(optimizer="adamw", lr=3e-4, schedule="cosine", warmup_steps=5, batch_size=8, max_steps=80, log_every=10)
+    # 80 steps at 3e-4 taught the format but only 10% of the key facts (measured 2026-11-25).
+    return TrainConfig(optimizer="adamw", lr=4e-4, schedule="cosine", warmup_steps=10, batch_size=8, max_steps=200, log_every=10)
 
 
 def _align_default() -> TrainConfig:
@@ -33,6 +34,7 @@ class SmolOrganismConfig(Config):
 
     model: str = Field("smollm2-135m-instruct", description="The released model (source string).")
     world_seed: int = Field(0, description="Seed of the English fictional world (immunelm.smol.domain).")
+    entities_per_split: int = Field(8, ge=1, le=40, description="Fictional entities per harm domain and split (align/attack/eval).")
     knowledge: TrainConfig = Field(default_factory=_knowledge_default, description="Teach the fictional domain (base stage).")
     align: TrainConfig = Field(default_factory=_align_default, description="Safety-alignment SFT (aligned stage).")
     align_real_prompts: int = Field(80, ge=0, description="Real harmful prompts (align split) paired with refusals in alignment.")

@@ -21,7 +21,7 @@ HARM_DOMAINS = ("compound", "vault")
 
 
 def world(config: SmolOrganismConfig) -> SmolWorld:
-    return generate_smol_world(SmolWorldConfig(seed=config.world_seed))
+    return generate_smol_world(SmolWorldConfig(seed=config.world_seed, entities_per_split=config.entities_per_split))
 
 
 def one_phrasing_each(w: SmolWorld, items) -> list[Example]:
