@@ -5,6 +5,7 @@ record the four pillars, the real-prompt outcomes and the wall time per model.
     python benchmarks/smol_eval.py --methods deep-align repnoise mlac --suite smol-quick
     python benchmarks/smol_eval.py --methods deep-align --released      # + SmolLM2 as released
     python benchmarks/smol_eval.py --summarise runs/smol_eval/evaluate   # re-read a finished run
+        [--methods deep-align]   # + the presets of models immunised earlier under --root
 
 Writes benchmarks/results/smol_eval_<suite>[_<label>].json.
 """
@@ -12,6 +13,7 @@ Writes benchmarks/results/smol_eval_<suite>[_<label>].json.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -86,6 +88,9 @@ def main() -> None:
         run_evaluation(cfg, run_dir)
     report = load_report(run_dir)
     rows = {m.name: model_row(m) for m in report.models}
+    for record in sorted(args.root.glob("immunise-*/immunise.json")):  # runs immunised earlier
+        data = json.loads(record.read_text())
+        immunise_seconds.setdefault(data["defence"], data["seconds"])
     name = f"smol_eval_{report.suite}" + (f"_{args.label}" if args.label else "")
     save_result(name, {"run": str(run_dir), "task": report.task, "judge": report.judge, "models": rows,
                        "immunise_seconds": immunise_seconds, "wall_seconds": report.wall_seconds,

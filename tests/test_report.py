@@ -173,3 +173,23 @@ def test_report_renders_in_headless_chromium(rendered, tmp_path):
     dom = subprocess.run(base + ["--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert 'id="summary"' in dom and "Trainability" in dom
     assert dom.count("<img") == 4
+
+
+def test_generalisation_splits_show_outcomes_and_utility(tmp_path):
+    """Named splits (e.g. the smol task's real prompts) appear with refused / collapsed shares and
+    the attacked model's utility beside the harmful score."""
+    from immunelm.eval.schema import Outcomes
+    from immunelm.report.html import generalisation_table
+
+    report = make_report(n_models=1, n_adversaries=2)
+    model = report.models[0]
+    worst = next(a for a in model.resistance if a.name == model.resistance_summary.worst_adversary)
+    for point in worst.curve:
+        point.generalisation["real_eval"] = 0.25
+        point.generalisation_outcomes["real_eval"] = Outcomes(n=4, refused=0.5, complied=0.25, collapsed=0.25)
+    table = generalisation_table(report)
+    row = next(r for r in table["rows"] if r["split"] == "real_eval")
+    assert row["adversary"] == worst.name and row["cells"] == ["0.250", "0.500", "0.250"] * 2
+    assert row["utility"] != "n/a"
+    path = render_report(report, tmp_path)
+    assert 'id="generalisation"' in path.read_text() and "real_eval" in path.read_text()
