@@ -32,7 +32,7 @@ def print_summary(report: EvaluationReport) -> None:
             " ".join(f"{p.tokens}:{p.harmful_score:.2f}" for p in m.prefilling) or "n/a",
             _fmt(s and s.benign_accuracy), _fmt(s and s.false_refusal),
             _fmt(g and g.in_domain_heldout_phrasings), _fmt(g and g.cross_domain),
-            _fmt(t and t.final_accuracy), str(t.steps_to_target) if t else "n/a",
+            _fmt(t and t.final_accuracy), ("never" if t.steps_to_target is None else str(t.steps_to_target)) if t else "n/a",
         )
     out.print(table)
     for m in report.models:
