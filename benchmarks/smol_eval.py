@@ -69,13 +69,13 @@ def main() -> None:
     parser.add_argument("--suite", default="smol-quick")
     parser.add_argument("--released", action="store_true", help="Also evaluate SmolLM2-135M-Instruct as released.")
     parser.add_argument("--root", type=Path, default=Path("runs/smol_eval"))
-    parser.add_argument("--summarise", type=Path, default=None)
+    parser.add_argument("--summarise", type=Path, nargs="*", default=None, help="Finished evaluate run dirs (models merged).")
     parser.add_argument("--label", default="")
     parser.add_argument("--set", nargs="*", default=[], help="Extra key=value overrides of the evaluation config.")
     args = parser.parse_args()
     immunise_seconds = {}
-    run_dir = args.summarise
-    if run_dir is None:
+    run_dirs = args.summarise
+    if not run_dirs:
         specs = [ModelSpec(name="aligned", source="smol:aligned", role="reference")]
         if args.released:
             specs.append(ModelSpec(name="released", source="smollm2-135m-instruct", role="base"))
@@ -84,16 +84,17 @@ def main() -> None:
             specs.append(ModelSpec(name=method, source=source, role="defended", defence=method))
         cfg = load_config(EvaluateConfig, overrides=[f"evaluation.task=smol", f"evaluation.suite={args.suite}", *args.set])
         cfg.models = specs
-        run_dir = args.root / "evaluate"
-        run_evaluation(cfg, run_dir)
-    report = load_report(run_dir)
-    rows = {m.name: model_row(m) for m in report.models}
+        run_dirs = [args.root / "evaluate"]
+        run_evaluation(cfg, run_dirs[0])
+    reports = [load_report(r) for r in run_dirs]
+    report = reports[0]
+    rows = {m.name: model_row(m) for r in reports for m in r.models}
     for record in sorted(args.root.glob("immunise-*/immunise.json")):  # runs immunised earlier
         data = json.loads(record.read_text())
         immunise_seconds.setdefault(data["defence"], data["seconds"])
     name = f"smol_eval_{report.suite}" + (f"_{args.label}" if args.label else "")
-    save_result(name, {"run": str(run_dir), "task": report.task, "judge": report.judge, "models": rows,
-                       "immunise_seconds": immunise_seconds, "wall_seconds": report.wall_seconds,
+    save_result(name, {"runs": [str(r) for r in run_dirs], "task": report.task, "judge": report.judge, "models": rows,
+                       "immunise_seconds": immunise_seconds, "wall_seconds": {str(d): r.wall_seconds for d, r in zip(run_dirs, reports)},
                        "presets": {m: yaml.safe_load((PRESETS / f"{m}.yaml").read_text()) for m in args.methods}})
     for model, row in rows.items():
         print(f"{model:12s} worst {row['worst_final_harmful']:.2f} ({row['worst_adversary']}) mean {row['mean_final_harmful']:.2f} "

@@ -28,6 +28,7 @@ def test_adapter_round_trip_equals_the_merged_model(tmp_path):
     expected = peft_model.merge_and_unload()
     ids = torch.tensor([[1, 5, 6, 7]])
     torch.testing.assert_close(loaded(input_ids=ids).logits, expected(input_ids=ids).logits)
+    assert all(p.requires_grad for p in loaded.parameters())  # full-weight attacks can train it
     assert load_tokenizer_source(str(tmp_path / "adapter")).get_vocab() == tok.get_vocab()
 
 

@@ -56,4 +56,9 @@ def attach_adapter(base_model: Any, path: str | Path) -> Any:
     from peft import PeftModel
 
     peft_model = PeftModel.from_pretrained(base_model, str(Path(path).expanduser()), is_trainable=False)
-    return peft_model.merge_and_unload()
+    model = peft_model.merge_and_unload()
+    # peft froze the base weights; a merged model is an ordinary model that attacks fine-tune
+    # in full (left frozen, a full-weight attack would find nothing to train).
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model
