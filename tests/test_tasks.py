@@ -140,6 +140,7 @@ def test_models_with_different_tokenizers_in_one_evaluation(tmp_path):
     alone = CliRunner().invoke(app, ["evaluate", "--run-dir", str(tmp_path / "b1"), "-m", f"b={tmp_path / 'b'}", *common])
     assert alone.exit_code == 0, alone.output
     pair, single = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ab", "b1"))
+    assert not (tmp_path / "ab" / "results.partial.json").exists()  # kept only while models remain
     assert pair["task"] == "task" and pair["schema_version"] == "1.2"
     b_pair = next(m for m in pair["models"] if m["name"] == "b")
     assert b_pair["resistance"][0]["curve"] == single["models"][0]["resistance"][0]["curve"]

@@ -187,15 +187,23 @@ class Evaluator:
             console.print(f"[bold]evaluating {entry.name}[/bold] ({len(self.suite.expanded())} adversaries, "
                           f"suite {self.suite.name}, task {self.task.name})")
             models.append(self.evaluate_model(entry))
-        report = EvaluationReport(
+            if len(models) < len(entries):  # a model takes minutes on a real LM: keep what is done
+                partial = self._report(models, started, extra_config)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(out_dir / "results.partial.json", partial.model_dump(mode="json"))
+        report = self._report(models, started, extra_config)
+        write_results(report, self.records, out_dir)
+        (out_dir / "results.partial.json").unlink(missing_ok=True)
+        return report
+
+    def _report(self, models: list[ModelReport], started: float, extra_config: dict | None) -> EvaluationReport:
+        return EvaluationReport(
             created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             suite=self.suite.name, judge=self.settings.judge, models=models, task=self.task.name,
             config={"evaluation": self.cfg.model_dump(mode="json"), "resolved": self.settings.dump(),
                     "suite": self.suite.model_dump(mode="json"), "task": self.task.provenance, **(extra_config or {})},
             provenance=provenance(None), data_hashes=self.task.hashes(), wall_seconds=time.perf_counter() - started,
         )
-        write_results(report, self.records, out_dir)
-        return report
 
 
 @dataclass
