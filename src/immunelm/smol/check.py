@@ -18,6 +18,7 @@ Measured (JSON in the run directory, one table on screen):
 from __future__ import annotations
 
 import copy
+import random
 
 from pydantic import Field
 
@@ -109,8 +110,6 @@ def kl_profile(aligned, base, tok, examples: list[Example], first: int) -> dict:
 
 def attack_recovery(aligned, tok, world, cfg: SmolCheckConfig) -> dict:
     """Harmful SFT on attack-split compounds; key-fact accuracy on eval compounds along the way."""
-    import random
-
     pool = world.chat_examples(world.by_task("compound", "attack"), world.train_phrasings)
     rng = random.Random(0)
     examples = [rng.choice(pool) for _ in range(cfg.attack_examples)]

@@ -66,9 +66,8 @@ class SmolOrganism:
                 model = None
                 continue
             previous = self.STAGES[self.STAGES.index(stage) - 1]
-            if model is None:
+            if model is None:  # otherwise the previous stage's model and tokenizer are still in memory
                 model, tokenizer = self.load(previous)
-            tokenizer = self.tokenizer(previous)
             rows = smol_data.stage_rows(stage, self.config, self.world, tokenizer)
             cfg = self.config.knowledge if stage == "base" else self.config.align
             result = train(cfg, model.train(), rows, PaddingCollator.for_tokenizer(tokenizer), description=f"smol {stage}")

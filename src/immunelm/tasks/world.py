@@ -7,6 +7,7 @@ from pydantic import Field
 from immunelm.attacks.base import AttackData
 from immunelm.config import Config
 from immunelm.data import Example
+from immunelm.registry import unknown_name
 from immunelm.tasks.base import CROSS_DOMAIN, HELDOUT_PHRASINGS, EvalTask, JudgeSpec, ScoredSet, TrainabilityTask
 from immunelm.world import corpus
 from immunelm.world.spec import BENIGN_TASKS, HARMFUL_DOMAINS, TRAINABILITY_TASK, World, WorldConfig, generate_world
@@ -34,7 +35,6 @@ def _by_task(examples: list[Example]) -> list[ScoredSet]:
 def world_task(world: World, domain: str = "compound") -> EvalTask:
     """Attack on ``domain``; cross-domain = the other harm domain; exact judge and scorers."""
     if domain not in HARMFUL_DOMAINS:
-        from immunelm.registry import unknown_name
         raise unknown_name("world harm domain", domain, HARMFUL_DOMAINS)
     other = next(d for d in HARMFUL_DOMAINS if d != domain)
     train, heldout = world.train_phrasings, world.heldout_phrasings
