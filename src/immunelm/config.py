@@ -44,6 +44,34 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def parse_yaml_text(text: str, source: str) -> Any:
+    """YAML text -> data; a syntax error becomes one line naming ``source`` and the line/column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ImmuneLMError(f"{source}: invalid YAML{where}: {exc.problem or exc.context}") from exc
+    except yaml.YAMLError as exc:
+        raise ImmuneLMError(f"{source}: invalid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ImmuneLMError(f"{source}: YAML nested too deeply") from exc
+
+
+def read_yaml_file(path: str | Path, what: str = "file") -> Any:
+    """Read a user's YAML file: missing file, non-UTF-8 bytes and bad syntax are one-line errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImmuneLMError(f"{p}: {what} not found" + (" (it is a directory)" if p.is_dir() else ""))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ImmuneLMError(f"{p}: not UTF-8 text (bad byte at offset {exc.start}); save the {what} as UTF-8") from exc
+    except OSError as exc:
+        raise ImmuneLMError(f"{p}: cannot read the {what} ({exc.strerror or exc})") from exc
+    return parse_yaml_text(text, str(p))
+
+
 def _set_nested(data: dict, keys: list[str], value: Any) -> None:
     node = data
     for key in keys[:-1]:
@@ -92,12 +120,7 @@ def load_config(
     if path is not None:
         source = str(path)
         p = Path(path)
-        if not p.is_file():
-            raise ImmuneLMError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ImmuneLMError(f"{p}: not valid UTF-8 YAML ({exc})") from exc
+        loaded = read_yaml_file(p, "config file") or {}
         if not isinstance(loaded, dict):
             raise ImmuneLMError(f"{p}: expected a mapping of config fields at the top level")
         data = deep_merge(data, loaded)

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import yaml
 from pydantic import Field
 
 from immunelm.attacks.base import AttackData
-from immunelm.config import Config, load_config
+from immunelm.config import Config, load_config, read_yaml_file
 from immunelm.data import DataSourceConfig, Example, load_examples
 from immunelm.errors import ImmuneLMError
 from immunelm.registry import unknown_name
@@ -106,12 +105,7 @@ def task_file(name_or_path: str) -> Path:
 def load_task_config(name_or_path: str, overrides: dict | None = None) -> TaskFileConfig:
     """Parse and validate a task file (no data is read yet)."""
     path = task_file(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ImmuneLMError(f"{path}: invalid YAML{where}") from exc
+    data = read_yaml_file(path, "task file") or {}
     if not isinstance(data, dict):
         raise ImmuneLMError(f"{path}: expected a mapping of task fields at the top level")
     cfg = load_config(TaskFileConfig, base={**data, **(overrides or {})}, label=str(path))

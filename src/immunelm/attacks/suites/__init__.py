@@ -18,11 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-import yaml
 from pydantic import Field, model_validator
 
 from immunelm.attacks.base import AdversaryConfig
-from immunelm.config import Config, deep_merge, load_config
+from immunelm.config import Config, deep_merge, load_config, parse_yaml_text, read_yaml_file
 from immunelm.errors import ImmuneLMError
 
 
@@ -92,13 +91,11 @@ def load_suite(name_or_path: str) -> SuiteConfig:
     if not path.suffix:
         if name_or_path not in suite_names():
             raise ImmuneLMError(f"unknown suite '{name_or_path}' (shipped: {', '.join(suite_names())}; or pass a .yaml path)")
-        text = resources.files(__package__).joinpath(f"{name_or_path}.yaml").read_text(encoding="utf-8")
         source = f"suite:{name_or_path}"
+        raw = parse_yaml_text(resources.files(__package__).joinpath(f"{name_or_path}.yaml").read_text(encoding="utf-8"), source)
     else:
-        if not path.is_file():
-            raise ImmuneLMError(f"{path}: suite file not found")
-        text, source = path.read_text(encoding="utf-8"), str(path)
-    raw = yaml.safe_load(text)
+        source = str(path)
+        raw = read_yaml_file(path, "suite file")
     if not isinstance(raw, dict) or not isinstance(raw.get("adversaries"), list):
         raise ImmuneLMError(f"{source}: expected a mapping with an 'adversaries' list")
     defaults = raw.pop("defaults", {}) or {}
