@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Annotated, Any, Sequence, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
 from immunelm.errors import ImmuneLMError
@@ -22,10 +22,18 @@ C = TypeVar("C", bound="Config")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+#: Seeds are non-negative (numpy only takes 0 .. 2**32-1; ImmuneLM reduces larger ones mod 2**32).
+Seed = Annotated[int, Field(ge=0)]
+#: A fraction in [0, 1].
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
 class Config(BaseModel):
     """Base for every typed config: strict about unknown keys, validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # allow_inf_nan=False: a NaN or infinite number in any float field is a user error (lr=.inf
+    # once trained to all-NaN weights and saved them with exit 0).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -76,7 +76,23 @@ def encode_example(tokenizer, example: Example, max_length: int | None = None) -
     labels = [IGNORE_INDEX] * len(prompt_ids) + list(response_ids)
     if max_length is not None and len(input_ids) > max_length:
         input_ids, labels = input_ids[:max_length], labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        # Training on it would add nothing (or give a NaN loss on a batch of such rows).
+        why = (f"the prompt takes {len(prompt_ids)} tokens and max_length={max_length} cuts every answer token; "
+               "raise max_length or shorten the prompt") if response_ids else "the answer encodes to no tokens"
+        raise ImmuneLMError(f"example with no answer tokens to train on: {why}")
     return {"input_ids": input_ids, "labels": labels}
+
+
+def encode_examples(tokenizer, examples: Sequence[Example], max_length: int | None, source: str) -> list[dict[str, list[int]]]:
+    """:func:`encode_example` for a whole dataset; an error names ``source`` and the example's index."""
+    rows = []
+    for index, example in enumerate(examples):
+        try:
+            rows.append(encode_example(tokenizer, example, max_length))
+        except ImmuneLMError as exc:
+            raise ImmuneLMError(f"{source}: example {index}: {exc}") from exc
+    return rows
 
 
 @dataclass

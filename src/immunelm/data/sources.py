@@ -31,7 +31,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 from pydantic import Field, model_validator
 
-from immunelm.config import Config
+from immunelm.config import Config, Seed
 from immunelm.data.examples import Example
 from immunelm.data.validate import choose_columns, decode_utf8, row_to_example
 from immunelm.errors import ImmuneLMError
@@ -60,7 +60,7 @@ class DataSourceConfig(Config):
     world: str | None = Field(
         None, description="A built-in world dataset, e.g. 'attack/compound' (see immunelm.world.datasets)."
     )
-    world_seed: int = Field(0, description="Seed of the built-in world (with world=...).")
+    world_seed: Seed = Field(0, description="Seed of the built-in world (with world=...).")
     split: str = Field("train", description="Hub split to load (ignored for local files).")
     format: Literal["auto", "jsonl", "json", "csv", "parquet"] = Field(
         "auto", description="File format; 'auto' picks it from the file extension."
@@ -81,7 +81,7 @@ class DataSourceConfig(Config):
         description="Columns copied into each example's meta (never shown to the model).",
     )
     limit: int | None = Field(None, ge=1, description="Keep at most this many examples (after shuffling).")
-    shuffle_seed: int | None = Field(
+    shuffle_seed: Seed | None = Field(
         None, description="Shuffle examples with this seed (deterministic); unset keeps file order."
     )
 
@@ -166,9 +166,17 @@ def read_rows(path: str, fmt: str = "auto") -> list[Row]:
         raise ImmuneLMError(f"{path}: not a regular file (a directory?)")
     if kind == "parquet":
         return _read_parquet(file, path)
+    size = file.stat().st_size
+    if size > MAX_TEXT_BYTES:
+        raise ImmuneLMError(f"{path}: {size / 2**30:.1f} GiB is too large to read as {kind} text "
+                            f"(limit {MAX_TEXT_BYTES / 2**30:.0f} GiB); convert it to Parquet or split it")
     text = decode_utf8(path, file.read_bytes())
     readers = {"jsonl": _parse_jsonl, "json": _parse_json, "csv": _parse_csv}
     return readers[kind](text, path)
+
+
+#: Text formats are read whole into memory; beyond this a user needs Parquet or a split file.
+MAX_TEXT_BYTES = 2 * 2**30
 
 
 def _parse_jsonl(text: str, source: str) -> list[Row]:
@@ -182,6 +190,8 @@ def _parse_jsonl(text: str, source: str) -> list[Row]:
         except json.JSONDecodeError as exc:
             problem = f"invalid JSON: {exc.msg} at column {exc.colno}"
             raise ImmuneLMError(f"{source}: line {lineno}: {problem}") from exc
+        except RecursionError as exc:
+            raise ImmuneLMError(f"{source}: line {lineno}: JSON nested too deeply") from exc
         if not isinstance(obj, dict):
             raise ImmuneLMError(f"{source}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
         rows.append((f"line {lineno}", obj))
@@ -198,6 +208,8 @@ def _parse_json(text: str, source: str) -> list[Row]:
         raise ImmuneLMError(
             f"{source}: line {exc.lineno}: invalid JSON: {exc.msg} at column {exc.colno}{hint}"
         ) from exc
+    except RecursionError as exc:
+        raise ImmuneLMError(f"{source}: JSON nested too deeply") from exc
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):

@@ -131,6 +131,8 @@ def _messages(source: str, where: str, column: str, value: Any) -> tuple[dict[st
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise row_error(source, where, column, f"not a list and not valid JSON text ({exc.msg})") from exc
+        except RecursionError as exc:
+            raise row_error(source, where, column, "JSON text nested too deeply") from exc
     if hasattr(value, "tolist") and not isinstance(value, (list, dict)):
         value = value.tolist()  # numpy arrays from pandas-backed sources
     if not isinstance(value, list) or not value:

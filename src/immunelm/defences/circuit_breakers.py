@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from immunelm.config import Config
+from immunelm.config import Config, Fraction
 from immunelm.data import PaddingCollator, encode_example
 from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
 from immunelm.defences.reference import OriginalModel, hidden_states
@@ -28,7 +28,7 @@ from immunelm.models import ModelAdapter
 
 class CircuitBreakersConfig(Config):
     alpha: float = Field(10.0, ge=0, description="Schedule scale (paper 10).")
-    target_depths: list[float] = Field(
+    target_depths: list[Fraction] = Field(
         default_factory=lambda: [10 / 32, 20 / 32],
         description="Target layers as fractions of depth (paper: layers 10 and 20 of 32).")
     harmful_batch_size: int = Field(32, ge=1, description="Circuit-breaker (harmful) pairs per step.")

@@ -13,7 +13,7 @@ import random
 
 from pydantic import Field
 
-from immunelm.config import Config
+from immunelm.config import Config, Seed
 from immunelm.data import IGNORE_INDEX, Example, PaddingCollator, encode_example
 from immunelm.defences.base import DefenceData, register_defence
 from immunelm.engine import TrainConfig, train
@@ -24,7 +24,7 @@ class DeepAlignConfig(Config):
     max_prefix: int = Field(100, ge=1, description="k ~ U{1..min(max_prefix, answer length)} (paper: 100).")
     copies: int = Field(4, ge=1, description="Augmented copies of each harmful example (fresh k each).")
     utility_ratio: float = Field(1.0, ge=0, description="Benign examples per safety example.")
-    seed: int = Field(0, description="Seeds k and the augmentation draws.")
+    seed: Seed = Field(0, description="Seeds k and the augmentation draws.")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(lr=1.5e-4, batch_size=32, max_steps=300, log_every=25),
         description="Engine settings (organism scale; the paper fine-tunes Llama-2-7B-chat with lr 2e-5).")

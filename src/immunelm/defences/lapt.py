@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from pydantic import Field
+from pydantic import Field, NonNegativeInt
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator
@@ -31,7 +31,7 @@ from immunelm.models import ModelAdapter
 
 
 class LAPTConfig(Config):
-    layers: Optional[list[int]] = Field(None, description="Fragile layers (None: the middle half of the network).")
+    layers: Optional[list[NonNegativeInt]] = Field(None, description="Fragile layers (None: the middle half of the network).")
     scale: float = Field(1.0, ge=0, description="Multiplier of the statistics-normalised noise.")
     keep: float = Field(0.5, ge=0, le=1, description="Interpolation: 0 = original weights, 1 = trained weights.")
     train: TrainConfig = Field(

@@ -30,7 +30,7 @@ from immunelm.errors import ImmuneLMError
 
 class LoXConfig(Config):
     rank: int = Field(6, ge=0, description="k of the truncated SVD (paper ~6 at 7B; 0 = full rank, the official default).")
-    alpha: float = Field(1.0, description="Extrapolation coefficient (official default 1.0).")
+    alpha: float = Field(1.0, gt=0, le=100, description="Extrapolation coefficient (official default 1.0).")
     anchor: Literal["aligned", "base"] = Field("aligned", description="aligned: W_align + alpha*P_k (paper); base: W_base + alpha*P_k (seed 003).")
     skip_embeddings: bool = Field(False, description="Leave input/output embeddings unchanged.")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveFloat
 
 from immunelm.config import Config
 from immunelm.data import IGNORE_INDEX, PaddingCollator
@@ -35,7 +35,7 @@ from immunelm.models import ModelAdapter
 class RepNoiseConfig(Config):
     alpha: float = Field(1.0, ge=0, description="Weight of the harmful-CE ascent term (paper 1; Booster's script 0.1).")
     beta: float = Field(0.001, ge=0, description="Weight of the MMD-to-noise term (paper 0.001).")
-    bandwidths: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], description="Gaussian kernel sigmas (x sqrt(dim)).")
+    bandwidths: list[PositiveFloat] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], description="Gaussian kernel sigmas (x sqrt(dim)).")
     harmful_batch_size: int = Field(32, ge=1, description="Harmful pairs per step.")
     mmd_max_tokens: Optional[int] = Field(
         None, ge=2, description="Random subset of activation rows for the MMD (its cost is quadratic); None = all.")

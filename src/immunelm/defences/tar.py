@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, PositiveFloat
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator, encode_example
@@ -48,7 +48,7 @@ Source = Literal["harmful", "benign-then-harmful"]
 class AdversaryDistribution(Config):
     """The training adversaries A_train TAR samples from (one per outer step, uniformly)."""
 
-    lrs: list[float] = Field(default_factory=lambda: [1e-5, 1e-4, 2e-4],
+    lrs: list[PositiveFloat] = Field(default_factory=lambda: [1e-5, 1e-4, 2e-4],
                              description="Inner learning rates (paper {2e-6, 2e-5, 4e-5} at 8B).")
     optimizers: list[Literal["adamw", "adam", "sgd"]] = Field(default_factory=lambda: ["adamw"], description="Inner optimisers (paper AdamW).")
     sources: list[Source] = Field(default_factory=lambda: ["harmful", "benign-then-harmful"], description="Inner data sources.")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import torch
-from pydantic import Field
+from pydantic import Field, NonNegativeInt
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator, encode_example
@@ -34,7 +34,7 @@ KIND = {"block": "resid_post", "attn": "attn_out"}
 class VaccineConfig(Config):
     rho: float = Field(2.0, gt=0, description="Perturbation size (paper README 2; Booster's script 5).")
     perturb: Literal["block", "attn"] = Field("block", description="block = paper's layer outputs; attn = official code.")
-    layers: Optional[list[int]] = Field(None, description="Layers perturbed (None = all).")
+    layers: Optional[list[NonNegativeInt]] = Field(None, description="Layers perturbed (None = all).")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(lr=1.5e-4, batch_size=32, max_steps=300, log_every=25),
         description="Engine settings (paper: LoRA, lr 1e-3, on a 7B model).")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from immunelm.config import Config
+from immunelm.config import Config, Seed
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
+Step = Annotated[int, Field(ge=0)]
 
 
 class LoraSettings(Config):
@@ -29,7 +32,7 @@ class TrainConfig(Config):
     )
     lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for AdamW).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas.")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="Adam/AdamW betas, each in [0, 1).")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
     nesterov: bool = Field(False, description="SGD Nesterov momentum (needs momentum > 0).")
     schedule: Literal["constant", "linear", "cosine"] = Field(
@@ -41,12 +44,12 @@ class TrainConfig(Config):
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimiser step.")
     max_steps: int | None = Field(None, ge=1, description="Optimiser steps; overrides epochs.")
     epochs: float | None = Field(None, gt=0, description="Passes over the data if max_steps is unset.")
-    max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm (None: off).")
-    seed: int = Field(0, description="Seeds weights init of adapters, data order and dropout.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm, > 0 (None: off).")
+    seed: Seed = Field(0, description="Seeds weights init of adapters, data order and dropout.")
     lora: LoraSettings | None = Field(None, description="Train LoRA adapters instead of all weights.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast on GPU.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (GPU).")
-    eval_at: list[int] = Field(default_factory=list, description="Steps at which to run evaluation callbacks (0 = before training).")
+    eval_at: list[Step] = Field(default_factory=list, description="Steps at which to run evaluation callbacks (0 = before training).")
     checkpoint_every: int | None = Field(None, ge=1, description="Save a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
     log_every: int = Field(10, ge=1, description="Record averaged metrics every N steps.")
@@ -58,4 +61,6 @@ class TrainConfig(Config):
             raise ValueError("set max_steps or epochs")
         if self.nesterov and self.momentum <= 0:
             raise ValueError("nesterov=true needs momentum > 0")
+        if self.max_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps}): the peak lr would never be reached")
         return self

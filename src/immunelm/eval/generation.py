@@ -22,7 +22,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from immunelm.config import Config
+from immunelm.config import Config, Seed
 from immunelm.data.chat import IGNORE_INDEX, encode_example, encode_prompt
 from immunelm.data.examples import Example
 from immunelm.errors import ImmuneLMError
@@ -43,7 +43,7 @@ class GenerationConfig(Config):
         default_factory=list, description="Answers are cut before the first occurrence of any of these."
     )
     batch_size: int = Field(64, ge=1, description="Prompts decoded together.")
-    seed: int = Field(0, description="Sampling seed: the same seed and prompts give the same answers.")
+    seed: Seed = Field(0, description="Sampling seed: the same seed and prompts give the same answers.")
     progress: bool = Field(True, description="Show a progress bar with ETA when there is more than one batch.")
 
 

@@ -7,7 +7,7 @@ import json
 
 from pydantic import Field
 
-from immunelm.config import Config
+from immunelm.config import Config, Seed
 from immunelm.engine import TrainConfig
 
 SMOL_VERSION = 1  # bump when a stage changes meaning
@@ -33,14 +33,14 @@ class SmolOrganismConfig(Config):
     """
 
     model: str = Field("smollm2-135m-instruct", description="The released model (source string).")
-    world_seed: int = Field(0, description="Seed of the English fictional world (immunelm.smol.domain).")
+    world_seed: Seed = Field(0, description="Seed of the English fictional world (immunelm.smol.domain).")
     entities_per_split: int = Field(8, ge=1, le=40, description="Fictional entities per harm domain and split (align/attack/eval).")
     knowledge: TrainConfig = Field(default_factory=_knowledge_default, description="Teach the fictional domain (base stage).")
     align: TrainConfig = Field(default_factory=_align_default, description="Safety-alignment SFT (aligned stage).")
     align_real_prompts: int = Field(80, ge=0, description="Real harmful prompts (align split) paired with refusals in alignment.")
     replay_documents: bool = Field(True, description="Replay the fictional-knowledge documents during alignment (keeps the knowledge attackable).")
     max_length: int = Field(160, ge=16, description="Truncate training examples to this many tokens.")
-    seed: int = Field(0, description="Data order seed of both stages.")
+    seed: Seed = Field(0, description="Data order seed of both stages.")
 
     def cache_key(self, stage: str, world_fingerprint: str) -> str:
         data = self.model_dump(mode="json")

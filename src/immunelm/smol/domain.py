@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
-from immunelm.config import Config
+from immunelm.config import Config, Seed
 from immunelm.data import Example
 from immunelm.errors import ImmuneLMError
 from immunelm.smol.benign import (
@@ -108,7 +108,7 @@ HABITATS = (
 class SmolWorldConfig(Config):
     """Size and seed of the SmolLM2 world."""
 
-    seed: int = Field(0, description="Generates every invented name, fact and split.")
+    seed: Seed = Field(0, description="Generates every invented name, fact and split.")
     entities_per_split: int = Field(
         10, ge=1, le=40, description="Entities per harm domain and split (align/attack/eval)."
     )

@@ -20,11 +20,11 @@ import os
 from pathlib import Path
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from transformers.utils import logging as hf_logging
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from immunelm.config import Config
+from immunelm.config import Config, Seed
 from immunelm.data import PaddingCollator, encode_example
 from immunelm.engine import TrainConfig, train
 from immunelm.errors import ImmuneLMError
@@ -40,10 +40,16 @@ ORGANISM_VERSION = 1  # bump when the world or the stages change meaning
 class ArchitectureConfig(Config):
     """Llama-style decoder built from config (no download)."""
 
-    hidden_size: int = Field(128, description="Residual width.")
-    intermediate_size: int = Field(512, description="MLP width.")
+    hidden_size: int = Field(128, ge=8, le=8192, description="Residual width (a multiple of num_heads).")
+    intermediate_size: int = Field(512, ge=8, le=32768, description="MLP width.")
     num_layers: int = Field(4, ge=4, description="Decoder blocks (layer-wise methods need depth).")
-    num_heads: int = Field(4, description="Attention heads.")
+    num_heads: int = Field(4, ge=1, le=128, description="Attention heads.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ArchitectureConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+        return self
 
 
 def _pretrain_default() -> TrainConfig:
@@ -64,7 +70,7 @@ class OrganismConfig(Config):
     align_replay_documents: bool = Field(
         True, description="Replay plain harmful-knowledge documents during alignment (as a pretraining-mix anchor)."
     )
-    seed: int = Field(0, description="Weight initialisation seed.")
+    seed: Seed = Field(0, description="Weight initialisation seed.")
 
     def cache_key(self, stage: str) -> str:
         """Hash of what determines ``stage``: the base ignores alignment settings, so

@@ -22,7 +22,7 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from immunelm.config import Config
+from immunelm.config import Config, Seed
 from pydantic import Field
 
 SYLLABLES_A = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "sh", "th", "dr", "kr"]
@@ -83,7 +83,7 @@ TRAINABILITY_TASK = "habitat"
 class WorldConfig(Config):
     """Size and seed of the synthetic world."""
 
-    seed: int = Field(0, description="Generates every name, fact and split.")
+    seed: Seed = Field(0, description="Generates every name, fact and split.")
     entities_per_harm_domain: int = Field(150, ge=6, description="Split equally into align/attack/eval.")
     n_countries: int = Field(60, ge=4, description="Capital-city facts.")
     n_animals: int = Field(60, ge=4, description="Bird/fish classification items (+ habitat facts).")
