@@ -27,8 +27,8 @@ def test_harmful_sft_and_benign_sft_draw_from_their_pool_only():
     benign = build_attack_examples(AdversaryConfig(name="b", kind="benign_sft", examples=30), data)
     assert {e.meta["kind"] for e in harm} == {"harm"} and len(set(e.prompt for e in harm)) == 30
     assert {e.meta["kind"] for e in benign} == {"benign"}
-    with pytest.raises(ImmuneLMError, match="did you mean 'harmful_sft'"):
-        build_attack_examples(AdversaryConfig(name="x", kind="harmful-sft"), data)
+    with pytest.raises(ValueError, match="did you mean 'harmful_sft'"):  # refused where it is written down
+        AdversaryConfig(name="x", kind="harmful-sft")
 
 
 def test_shipped_suites_meet_their_specification():

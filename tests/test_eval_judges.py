@@ -280,6 +280,66 @@ def test_classifier_in_memory_and_label_errors(classifier_dir):
         build_judge("classifier")
 
 
+@pytest.fixture(scope="module")
+def pickle_only_dir(tmp_path_factory):
+    """A classifier saved as pytorch_model.bin only: loading it would unpickle (run) its bytes."""
+    from transformers import LlamaForSequenceClassification
+
+    model = LlamaForSequenceClassification(tiny_config("llama"))
+    path = tmp_path_factory.mktemp("pickled")
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    model.config.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("judge, options", [("classifier", {}), ("rubric", {})])
+def test_pickle_only_judge_is_refused_like_a_model(pickle_only_dir, judge, options):
+    from immunelm.models.loading import check_model_dir
+
+    with pytest.raises(ImmuneLMError) as as_model:
+        check_model_dir(pickle_only_dir)
+    with pytest.raises(ImmuneLMError) as built:
+        build_judge(judge, path=str(pickle_only_dir), **options)
+    from immunelm.eval.judges import registry
+
+    with pytest.raises(ImmuneLMError) as checked:
+        registry.judge_class(judge).check_options(path=str(pickle_only_dir))
+    assert str(built.value) == str(checked.value) == str(as_model.value)
+    assert "only pickle weights" in str(built.value)
+
+
+def test_judges_load_safetensors_only_and_no_remote_code(classifier_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    seen = []
+    for cls in (AutoModelForSequenceClassification, AutoModelForCausalLM):
+        real = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _real=real, **kwargs):
+            seen.append(kwargs)
+            return _real(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    build_judge("classifier", path=str(classifier_dir))
+    build_judge("rubric", path=str(classifier_dir))  # loads as a causal LM (fresh head): the kwargs are what matter
+    assert len(seen) == 2
+    assert all(k["use_safetensors"] is True and k["trust_remote_code"] is False for k in seen)
+
+
+def test_judge_options_are_checked_without_loading(tmp_path):
+    from immunelm.eval.judges.registry import judge_class
+
+    with pytest.raises(ImmuneLMError, match="directory not found"):
+        judge_class("classifier").check_options(path=str(tmp_path / "nope"))
+    with pytest.raises(ImmuneLMError, match="set path"):
+        judge_class("rubric").check_options()
+    with pytest.raises(ImmuneLMError, match="judge 'keyword': options: unknown field 'presetz'"):
+        judge_class("keyword").check_options(presetz=["gcg"])
+    judge_class("rubric").check_options(generator=object())  # a runtime grader needs no path
+    judge_class("exact").check_options()
+
+
 # --------------------------------------------------------------------------- rubric
 def test_rubric_score_exact():
     assert rubric_score(0, 5, 5) == 1.0

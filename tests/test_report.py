@@ -193,3 +193,113 @@ def test_generalisation_splits_show_outcomes_and_utility(tmp_path):
     assert row["utility"] != "n/a"
     path = render_report(report, tmp_path)
     assert 'id="generalisation"' in path.read_text() and "real_eval" in path.read_text()
+
+
+# --------------------------------------------------------------------------- utility bound
+def _break_utility(model, utility=0.1, collapsed=0.6):
+    """Every attack of ``model`` ends with utility far below its start (beyond any epsilon)."""
+    from immunelm.eval.pillars import summarise_resistance
+
+    for adv in model.resistance:
+        end = adv.curve[-1]
+        end.benign_accuracy = utility
+        end.outcomes.collapsed = collapsed
+    old = model.resistance_summary
+    model.resistance_summary = summarise_resistance(model.resistance, old.threshold, old.epsilon)
+    return model
+
+
+def test_no_attack_within_bound_is_explicit_in_results_and_report(tmp_path, capsys):
+    from immunelm.cli.evaluate import print_summary
+
+    report = make_report(n_models=2, n_adversaries=3)
+    broken = _break_utility(report.models[1])
+    rs = broken.resistance_summary
+    assert rs.no_attack_within_utility_bound is True and rs.within_utility_bound == []
+    assert rs.worst_within_utility_bound is None and rs.worst_within_utility_bound_adversary is None
+    assert rs.worst_adversary_utility == 0.1 and rs.worst_adversary_collapsed == 0.6
+    assert report.models[0].resistance_summary.no_attack_within_utility_bound is not True
+
+    path = write_results(tmp_path, report)
+    saved = load_report(path).model(broken.name).resistance_summary
+    assert saved.no_attack_within_utility_bound is True and saved.worst_adversary_utility == 0.1
+    html = regenerate(tmp_path).read_text(encoding="utf-8")
+    assert f"{broken.name}: no attack stayed within the utility bound." in html
+    row = html.split(f'<td class="name">{broken.name}</td>', 1)[1].split("</tr>", 1)[0]
+    assert ">none<small>no attack stayed within ε</small>" in row
+    assert "0.100" in row and "0.600" in row  # utility and collapse beside the harmful score
+    assert f"{rs.worst_final_harmful:.3f}" in row
+
+    print_summary(report)
+    printed = capsys.readouterr().out
+    assert f"! {broken.name}: no attack stayed within the utility bound" in printed
+    assert "utility was 0.10" in printed and "0.60 of harmful answers collapsed" in printed
+    table_row = next(line for line in printed.splitlines() if line.strip("│ ").startswith(broken.name))
+    assert "none" in table_row and "0.10" in table_row
+
+
+def test_weak_resistance_of_a_broken_model_is_not_shown_as_a_win(tmp_path):
+    report = make_report(n_models=2, n_adversaries=2)
+    model = report.models[1]
+    for adv in model.resistance:
+        for point in adv.curve:
+            point.harmful_score = 0.0  # "resisted" every attack ...
+    _break_utility(model, utility=0.0, collapsed=1.0)  # ... by collapsing
+    assert model.resistance_summary.weak_resistance is True
+    html = render_report(report, tmp_path).read_text(encoding="utf-8")
+    row = html.split(f'<td class="name">{model.name}</td>', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="na">yes<small>utility broken by every attack</small>' in row
+    assert '<td class="yes">' not in row
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
+def test_older_results_files_still_load_and_say_none_within_bound(tmp_path, version):
+    """Files written before the summary recorded the bound: the report derives it from the curves."""
+    report = make_report(n_models=2, n_adversaries=2)
+    _break_utility(report.models[1])
+    data = report.model_dump(mode="json")
+    data["schema_version"] = version
+    for model in data["models"]:
+        for key in ("worst_within_utility_bound_adversary", "within_utility_bound", "no_attack_within_utility_bound",
+                    "worst_adversary_utility", "worst_adversary_collapsed"):
+            model["resistance_summary"].pop(key)
+    write_json_atomic(tmp_path / "results.json", data)
+    loaded = load_report(tmp_path)
+    assert loaded.models[1].resistance_summary.no_attack_within_utility_bound is None
+    html = regenerate(tmp_path).read_text(encoding="utf-8")
+    assert f"{report.models[1].name}: no attack stayed within the utility bound." in html
+    assert "0.100" in html.split(f'<td class="name">{report.models[1].name}</td>', 1)[1].split("</tr>", 1)[0]
+
+
+def test_unmeasured_utility_is_not_called_broken(tmp_path):
+    report = make_report(n_models=1, n_adversaries=2)
+    model = report.models[0]
+    for adv in model.resistance:
+        for point in adv.curve:
+            point.benign_accuracy = None
+    from immunelm.eval.pillars import summarise_resistance
+
+    rs = summarise_resistance(model.resistance, 0.3, 0.1)
+    assert rs.within_utility_bound is None and rs.no_attack_within_utility_bound is None
+    model.resistance_summary = rs
+    html = render_report(report, tmp_path).read_text(encoding="utf-8")
+    assert "no attack stayed within the utility bound" not in html
+
+
+def test_huge_or_deeply_nested_results_are_one_line(tmp_path):
+    from immunelm import report as report_module
+
+    (tmp_path / "results.json").write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    assert "nested too deeply" in _load_error(tmp_path)
+    data = make_report().model_dump(mode="json")
+    nested: dict = {}
+    node = nested
+    for _ in range(200):
+        node["x"] = {}
+        node = node["x"]
+    data["config"] = nested  # parses, but no results file nests like this
+    (tmp_path / "results.json").write_text(__import__("json").dumps(data), encoding="utf-8")
+    assert "nested too deeply" in _load_error(tmp_path)
+    with open(tmp_path / "results.json", "wb") as fh:  # sparse: no disk is used
+        fh.truncate(report_module.MAX_RESULTS_BYTES + 1)
+    assert "too large for a results file" in _load_error(tmp_path)

@@ -8,7 +8,7 @@ any model exists.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -17,7 +17,7 @@ from immunelm.errors import ImmuneLMError
 from immunelm.eval.runner import EvaluationConfig, Evaluator, ModelEntry, resolve_settings
 from immunelm.eval.schema import EvaluationReport
 from immunelm.smol.config import SmolOrganismConfig
-from immunelm.sources import load_model_source, load_tokenizer_source
+from immunelm.sources import check_model_source, load_model_source, load_tokenizer_source
 from immunelm.tasks import EvalTask, TaskContext, check_tokenizer, load_task
 from immunelm.world.organism import OrganismConfig
 
@@ -25,7 +25,8 @@ from immunelm.world.organism import OrganismConfig
 class ModelSpec(Config):
     name: str = Field(description="Label in tables and plots.")
     source: str = Field(description="Model dir, .gguf, hub name, smollm2-135m-instruct, organism:<stage>, smol:<stage>.")
-    role: str = Field("defended", description="reference | defended | base")
+    role: Literal["reference", "defended", "base"] = Field(
+        "defended", description="reference (the undefended aligned model; at most one) | defended | base")
     defence: Optional[str] = None
     chat_template: Optional[str] = Field(None, description="For tokenizers without one: chatml, a .jinja file or template text.")
 
@@ -54,12 +55,37 @@ def parse_model_flags(flags: list[str]) -> list[ModelSpec]:
 
 
 def _check_models(models: list[ModelSpec]) -> None:
+    """Names, roles and the reference: everything about the list itself, before any source."""
     if not models:
         raise ImmuneLMError("models: the list is empty; pass at least one -m NAME=SOURCE")
-    names = [m.name for m in models]
+    for i, m in enumerate(models):
+        if not m.name.strip():
+            raise ImmuneLMError(f"models[{i}].name: empty; every model needs a name (its label in tables and plots)")
+        if not m.source.strip():
+            raise ImmuneLMError(f"models[{i}].source: empty for model '{m.name}'; expected a model dir, .gguf, hub name or organism:<stage>")
+    names = [m.name.strip() for m in models]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ImmuneLMError(f"models: duplicate name(s) {', '.join(duplicates)}; every model needs its own name")
+    references = [m.name for m in models if m.role == "reference"]
+    if len(references) > 1:
+        raise ImmuneLMError(f"models: {len(references)} models have role 'reference' ({', '.join(references)}); "
+                            "at most one is the reference (the undefended aligned model), the others are defended or base")
+
+
+def _check_sources(cfg: "EvaluateConfig") -> None:
+    """Every model's source, cheaply (no weights), so a typo in the last one is found first."""
+    for spec in cfg.models:
+        try:
+            check_model_source(spec.source, cfg.cache_dir)
+        except ImmuneLMError as exc:
+            raise ImmuneLMError(_for_model(spec, exc)) from exc
+
+
+def _for_model(spec: ModelSpec, exc: Exception) -> str:
+    """Prefix an error with the model's name (and its source, unless the error names it)."""
+    message = str(exc)
+    return f"model '{spec.name}': {message}" if spec.source in message else f"model '{spec.name}' ({spec.source}): {message}"
 
 
 def task_for(cfg: EvaluateConfig) -> EvalTask:
@@ -79,12 +105,17 @@ def validate_evaluation(cfg: EvaluateConfig) -> EvalTask:
     from immunelm.eval.judges.registry import judge_class
 
     _check_models(cfg.models)
-    task = task_for(cfg)
+    task = task_for(cfg)  # cheap (no model); its errors (missing extras, bad files) come first
+    _check_sources(cfg)
     settings = resolve_settings(cfg.evaluation, task)
     load_suite(settings.suite)
-    judge_class(settings.judge)
+    judge_class(settings.judge).check_options(**settings.judge_options)
     for spec in cfg.models:
-        check_tokenizer(_tokenizer(spec, cfg), task, spec.name)
+        try:
+            tokenizer = _tokenizer(spec, cfg)
+        except ImmuneLMError as exc:
+            raise ImmuneLMError(_for_model(spec, exc)) from exc
+        check_tokenizer(tokenizer, task, spec.name)
     return task
 
 

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from immunelm.config import Config
 from immunelm.data import Example
@@ -36,6 +36,15 @@ class AdversaryConfig(Config):
     harmful_fraction: float = Field(0.1, ge=0, le=1, description="p for harmful_mix.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=100), description="Engine settings (max_steps = budget).")
     seed: int = Field(0, description="Which examples are drawn.")
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        # An unknown kind must fail where the adversary is written down (the suite file), not
+        # when its attack starts, minutes into an evaluation.
+        if kind not in _KINDS:
+            raise ValueError(str(unknown_name("attack kind", kind, _KINDS)))
+        return kind
 
 
 @dataclass

@@ -17,17 +17,29 @@ def _fmt(value, digits: int = 2) -> str:
     return "n/a" if value is None or value is False else f"{value:.{digits}f}"
 
 
+def _bounded(m) -> str:
+    """worst<=eps: "none" (never blank) when every attack broke the model's utility."""
+    from immunelm.report import metrics  # lazy: keeps matplotlib out of the command's start-up
+
+    if metrics.no_attack_within_bound(m):
+        return "none"
+    return _fmt(m.resistance_summary and m.resistance_summary.worst_within_utility_bound)
+
+
 def print_summary(report: EvaluationReport) -> None:
     """One row per model, one column group per pillar (never a folded score)."""
+    from immunelm.report import metrics
+
     table = Table(title=f"task {report.task}, suite {report.suite}, judge {report.judge}: harmful (lower better) / accuracy (higher better)")
-    for col in ("model", "worst", "mean", "worst<=eps", "broken", "prefill", "benign", "false-ref", "heldout", "cross",
-                "train-acc", "steps"):
+    for col in ("model", "worst", "util@worst", "collapse@worst", "mean", "worst<=eps", "broken", "prefill", "benign",
+                "false-ref", "heldout", "cross", "train-acc", "steps"):
         table.add_column(col, no_wrap=True)
     for m in report.models:
         r, s, g, t = m.resistance_summary, m.stability, m.generalisation, m.trainability
         table.add_row(
             m.name + ("*" if m.role == "reference" else ""),
-            _fmt(r and r.worst_final_harmful), _fmt(r and r.mean_final_harmful), _fmt(r and r.worst_within_utility_bound),
+            _fmt(r and r.worst_final_harmful), _fmt(metrics.worst_utility(m)), _fmt(metrics.worst_collapsed(m)),
+            _fmt(r and r.mean_final_harmful), _bounded(m),
             f"{len(r.broken_by)}/{len(m.resistance)}" if r else "n/a",
             " ".join(f"{p.tokens}:{p.harmful_score:.2f}" for p in m.prefilling) or "n/a",
             _fmt(s and s.benign_accuracy), _fmt(s and s.false_refusal),
@@ -39,8 +51,26 @@ def print_summary(report: EvaluationReport) -> None:
         for a in m.resistance:
             curve = "  ".join(f"{p.step}:{p.harmful_score:.2f}" for p in a.curve)
             out.print(f"  {m.name:<16} {a.name:<28} harmful by step  {curve}")
-    out.print("  * reference model. worst<=eps: worst case among attacks keeping utility within epsilon. "
-              "prefill k:h = harmful score when the first k answer tokens are forced (no training).")
+    out.print("  * reference model. util@worst / collapse@worst: benign accuracy and collapsed share at the end of the "
+              "worst attack. worst<=eps: worst case among attacks keeping utility within epsilon of the model's own "
+              "pre-attack accuracy. prefill k:h = harmful score when the first k answer tokens are forced (no training).")
+    for line in broken_lines(report):
+        out.print(line, highlight=False)
+
+
+def broken_lines(report: EvaluationReport) -> list[str]:
+    """One warning per model that no attack left within the utility bound: its harmful scores
+    come from a broken model and must not read as resistance."""
+    from immunelm.report import metrics
+
+    lines = []
+    for m in report.models:
+        if metrics.no_attack_within_bound(m):
+            eps = m.resistance_summary.epsilon
+            lines.append(f"  ! {m.name}: no attack stayed within the utility bound (eps {eps:.0%}); at the end of its "
+                         f"worst attack utility was {_fmt(metrics.worst_utility(m))} and "
+                         f"{_fmt(metrics.worst_collapsed(m))} of harmful answers collapsed: a broken model, not resistance")
+    return lines
 
 
 def evaluate(

@@ -12,7 +12,10 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.2"  # 1.1: optional ModelReport.prefilling; 1.2: task, named generalisation splits
+SCHEMA_VERSION = "1.3"  # 1.1: optional ModelReport.prefilling; 1.2: task, named generalisation splits;
+# 1.3: ResistanceSummary says which attacks stayed within the utility bound and the worst attack's utility/collapse
+#: Every version this code reads: each later one only added optional fields.
+READABLE_SCHEMA_VERSIONS = ("1.0", "1.1", "1.2", SCHEMA_VERSION)
 
 
 class Record(BaseModel):
@@ -57,12 +60,24 @@ class ResistanceSummary(Record):
 
     budget: int = Field(description="T: the largest attack step evaluated.")
     threshold: float = Field(description="phi: harmful score at or below which the model counts as resisting.")
-    epsilon: float = Field(description="Utility-drop bound for the bounded worst case (fraction of reference).")
+    epsilon: float = Field(description="Utility-drop bound for the bounded worst case: the largest relative drop of "
+                                       "benign accuracy from the model's own pre-attack accuracy.")
     mean_final_harmful: float
     worst_final_harmful: float
     worst_adversary: str
     worst_within_utility_bound: Optional[float] = Field(
-        None, description="Worst final harmful score among adversaries whose utility drop <= epsilon.")
+        None, description="Worst final harmful score among adversaries whose utility drop <= epsilon "
+                          "(None: no such adversary, see no_attack_within_utility_bound).")
+    worst_within_utility_bound_adversary: Optional[str] = Field(None, description="The adversary that scored it.")
+    within_utility_bound: Optional[list[str]] = Field(
+        None, description="Adversaries whose utility drop stayed <= epsilon (None: not recorded, files before 1.3).")
+    no_attack_within_utility_bound: Optional[bool] = Field(
+        None, description="True when utility was measured and every attack dropped it by more than epsilon: the "
+                          "harmful scores then describe a broken model, not a resistant one.")
+    worst_adversary_utility: Optional[float] = Field(
+        None, description="Benign accuracy of the model at the end of its worst attack.")
+    worst_adversary_collapsed: Optional[float] = Field(
+        None, description="Share of collapsed (degenerate) answers to harmful prompts at the end of its worst attack.")
     weak_resistance: bool = Field(description="max over t <= T and adversaries of harmful <= threshold.")
     broken_by: list[str] = Field(default_factory=list, description="Adversaries that pushed harmful above threshold.")
 

@@ -8,12 +8,16 @@ a cache, so that later loads are fast and go through exactly the same code path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import inspect
 import logging
 import os
+import socket
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Any
 
 import torch
@@ -174,7 +178,66 @@ def resolve_source(source: str, cache_dir: str | os.PathLike | None, dtype: Any)
         return str(path), True
     if _looks_like_path(source):
         raise ImmuneLMError(f"{source}: no such model directory or .gguf file")
+    check_hub_source(source)
     return source, False
+
+
+_TRUE = {"1", "ON", "YES", "TRUE"}
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub reads them once, at import)."""
+    return any(os.environ.get(var, "").strip().upper() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """One TCP connect with a short timeout, in a thread so a slow DNS lookup cannot hang us:
+    without it, a machine with no network spends minutes in the Hub client's retries."""
+    url = urlparse(endpoint)
+    address = (url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+    reached: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(reached)
+
+
+def check_hub_source(source: str) -> None:
+    """A Hub name must be in the local Hugging Face cache or downloadable now; otherwise fail
+    in one line that says how to use a local copy instead of waiting on retries."""
+    if _in_hub_cache(source):
+        return
+    from huggingface_hub import constants
+
+    if hub_offline():
+        why = "the Hub is off (HF_HUB_OFFLINE=1)"
+    elif any(os.environ.get(var) for var in _PROXY_VARS) or _hub_reachable(constants.ENDPOINT):
+        return  # behind a proxy a direct probe proves nothing: let the Hub client try
+    else:
+        why = f"{constants.ENDPOINT} cannot be reached"
+    raise ImmuneLMError(
+        f"'{source}' is not a local path and could not be downloaded from the Hugging Face Hub: {why} and it "
+        f"is not in the local Hugging Face cache; pass a local model directory or .gguf file instead (on a machine "
+        f"with network: huggingface-cli download {source} --local-dir DIR, then pass DIR)")
 
 
 def _load(name_or_dir: str, dtype: Any, trust_remote_code: bool) -> tuple[Any, Any]:

@@ -13,11 +13,17 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from immunelm.errors import ImmuneLMError
-from immunelm.eval.schema import SCHEMA_VERSION, EvaluationReport
+from immunelm.eval.schema import READABLE_SCHEMA_VERSIONS, EvaluationReport
 from immunelm.report.html import render_report
 
 RESULTS_FILE = "results.json"
-SUPPORTED_SCHEMA_VERSIONS = ("1.0", SCHEMA_VERSION)  # 1.1 only adds an optional field
+SUPPORTED_SCHEMA_VERSIONS = READABLE_SCHEMA_VERSIONS  # each later version only added optional fields
+#: A results file holds summaries (samples live in samples.jsonl): a few MB even for the full
+#: suite. Anything far larger is not one, and reading it whole could exhaust memory.
+MAX_RESULTS_BYTES = 256 * 1024 * 1024
+#: results.json nests about ten levels (config sections); far deeper is not a results file, and
+#: would overflow Python's recursion in the JSON parser or the renderer.
+MAX_DEPTH = 64
 
 __all__ = ["RESULTS_FILE", "SUPPORTED_SCHEMA_VERSIONS", "load_report", "regenerate", "render_report"]
 
@@ -45,14 +51,7 @@ def _first_error(error: ValidationError) -> str:
 def load_report(run_dir: str | Path) -> EvaluationReport:
     """Read and validate ``run_dir/results.json``."""
     path = _results_path(run_dir)
-    if not path.is_file():
-        raise ImmuneLMError(f"{path}: not found (expected the results.json an evaluation writes)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ImmuneLMError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise ImmuneLMError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise ImmuneLMError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
     version = data.get("schema_version")
@@ -65,6 +64,41 @@ def load_report(run_dir: str | Path) -> EvaluationReport:
         return EvaluationReport.model_validate(data)
     except ValidationError as exc:
         raise ImmuneLMError(f"{path}: {_first_error(exc)}") from exc
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise ImmuneLMError(f"{path}: not found (expected the results.json an evaluation writes)")
+    size = path.stat().st_size
+    if size > MAX_RESULTS_BYTES:
+        raise ImmuneLMError(f"{path}: {size:,} bytes is too large for a results file "
+                            f"(the limit is {MAX_RESULTS_BYTES // 2**20} MiB; an evaluation writes a few MB)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ImmuneLMError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise ImmuneLMError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise ImmuneLMError(f"{path}: JSON nested too deeply (a results file nests at most {MAX_DEPTH} levels)") from exc
+    except OSError as exc:
+        raise ImmuneLMError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if _depth(data) > MAX_DEPTH:
+        raise ImmuneLMError(f"{path}: JSON nested too deeply (a results file nests at most {MAX_DEPTH} levels)")
+    return data
+
+
+def _depth(data) -> int:
+    """Nesting depth, iteratively (the data may be too deep for recursion)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 def regenerate(run_dir: str | Path) -> Path:

@@ -79,7 +79,28 @@ def thresholds(report: EvaluationReport) -> str:
     if summary is None:
         return "no resistance summary was recorded."
     return (f"attack budget T = {summary.budget} steps, resistance threshold φ = {summary.threshold:g}, "
-            f"utility-drop bound ε = {summary.epsilon:.0%} of the reference.")
+            f"utility-drop bound ε = {summary.epsilon:.0%} of each model's own benign accuracy before the attack.")
+
+
+NONE_WITHIN = "none"
+
+
+def bounded_cell(model: ModelReport) -> tuple[str, str, str]:
+    """(text, CSS class, note) of "worst within utility bound": never a blank or n/a when the
+    reason is that every attack broke the model's utility."""
+    rs = model.resistance_summary
+    if metrics.no_attack_within_bound(model):
+        return NONE_WITHIN, "no", "no attack stayed within ε"
+    if rs is None or rs.worst_within_utility_bound is None:
+        return NA, "", ""
+    return fmt(rs.worst_within_utility_bound), "", rs.worst_within_utility_bound_adversary or ""
+
+
+def broken_under_attack(report: EvaluationReport) -> list[dict[str, str]]:
+    """Models whose every attack dropped utility beyond ε: their low harmful scores are not resistance."""
+    return [{"name": m.name, "utility": fmt(metrics.worst_utility(m)), "collapsed": fmt(metrics.worst_collapsed(m)),
+             "benign": fmt(m.stability.benign_accuracy if m.stability else None)}
+            for m in report.models if metrics.no_attack_within_bound(m)]
 
 
 def summary_row(model: ModelReport) -> dict[str, str]:
@@ -89,12 +110,18 @@ def summary_row(model: ModelReport) -> dict[str, str]:
     worst_value = metrics.worst_final(model)
     worst_name = rs.worst_adversary if rs else (worst.name if worst else None)
     weak, weak_class = yes_no(rs.weak_resistance if rs else None)
+    broke_utility = metrics.no_attack_within_bound(model)
+    if broke_utility and weak == "yes":
+        weak_class = "na"  # "resisted" only by a model that every attack broke: not evidence of resistance
+    bounded, bounded_class, bounded_note = bounded_cell(model)
     steps = NA if tr is None else ("never" if tr.steps_to_target is None else str(tr.steps_to_target))
     return {
         "name": model.name, "role": model.role, "defence": model.defence or "none",
         "worst": fmt(worst_value), "worst_adversary": worst_name if worst_value is not None else "",
+        "worst_utility": fmt(metrics.worst_utility(model)), "worst_collapsed": fmt(metrics.worst_collapsed(model)),
         "mean": fmt(rs.mean_final_harmful if rs else metrics.mean_final(model)),
-        "bounded": fmt(rs.worst_within_utility_bound if rs else None), "weak": weak, "weak_class": weak_class,
+        "bounded": bounded, "bounded_class": bounded_class, "bounded_note": bounded_note,
+        "weak": weak, "weak_class": weak_class, "weak_note": "utility broken by every attack" if broke_utility else "",
         "benign": fmt(st.benign_accuracy if st else None), "false_refusal": fmt(st.false_refusal if st else None),
         "heldout": fmt(metrics.heldout_phrasing(model)), "cross": fmt(metrics.cross_domain(model)),
         "train_acc": fmt(tr.final_accuracy if tr else None), "steps_to_target": steps,
@@ -176,7 +203,7 @@ def render_html(report: EvaluationReport, images: dict[str, bytes]) -> str:
                      for m in report.models]
     return _ENV.from_string(TEMPLATE).render(
         report=report, header=header(report), thresholds=thresholds(report),
-        summary=[summary_row(m) for m in report.models], figures=figures,
+        summary=[summary_row(m) for m in report.models], broken=broken_under_attack(report), figures=figures,
         per_adversary=per_adversary, details=_details(report), prefilling=prefilling_table(report),
         generalisation=generalisation_table(report),
     )

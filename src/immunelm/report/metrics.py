@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from immunelm.eval.pillars import within_bound
 from immunelm.eval.schema import AdversaryResult, CurvePoint, EvaluationReport, ModelReport
 
 
@@ -70,3 +71,37 @@ def heldout_phrasing(model: ModelReport) -> Optional[float]:
 
 def threshold(report: EvaluationReport) -> Optional[float]:
     return next((m.resistance_summary.threshold for m in report.models if m.resistance_summary), None)
+
+
+def worst_end(model: ModelReport) -> Optional[CurvePoint]:
+    """The model at the end of its worst attack (its utility and collapse are shown beside the harm)."""
+    adv = worst_result(model)
+    return final_point(adv) if adv else None
+
+
+def worst_utility(model: ModelReport) -> Optional[float]:
+    rs = model.resistance_summary
+    if rs and rs.worst_adversary_utility is not None:
+        return rs.worst_adversary_utility
+    end = worst_end(model)
+    return end.benign_accuracy if end else None
+
+
+def worst_collapsed(model: ModelReport) -> Optional[float]:
+    rs = model.resistance_summary
+    if rs and rs.worst_adversary_collapsed is not None:
+        return rs.worst_adversary_collapsed
+    end = worst_end(model)
+    return end.outcomes.collapsed if end else None
+
+
+def no_attack_within_bound(model: ModelReport) -> Optional[bool]:
+    """True when utility was measured and every attack broke it beyond epsilon; files written
+    before the summary recorded it (schema < 1.3) are judged from their curves."""
+    rs = model.resistance_summary
+    if rs is None or not model.resistance:
+        return None
+    if rs.no_attack_within_utility_bound is not None:
+        return rs.no_attack_within_utility_bound
+    bounded = within_bound([a for a in model.resistance if a.curve], rs.epsilon)
+    return None if bounded is None else not bounded

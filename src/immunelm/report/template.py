@@ -29,6 +29,7 @@ TEMPLATE = """<!DOCTYPE html>
   th.g-generalisation { background: #e7eef9; } th.g-trainability { background: #f6efdf; }
   td.sep, th.sep { border-left: 2px solid #999; }
   .yes { color: #1e7a3c; font-weight: 600; } .no { color: #b3261e; font-weight: 600; } .na { color: #999; }
+  .warn { border-left: 4px solid #b3261e; background: #fdecea; padding: 6px 10px; max-width: 900px; font-size: 13px; }
   .role { white-space: nowrap; font-size: 11px; padding: 1px 6px; border-radius: 8px; background: #eee; }
   .role-reference { background: #ddd; } .role-defended { background: #dbe8fb; }
   figure { margin: 10px 0 20px; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -47,20 +48,27 @@ TEMPLATE = """<!DOCTYPE html>
 
 <h2>Summary</h2>
 <p class="note">Each pillar (Rosati et al. 2024) is reported on its own; there is no combined score.
-Harmful scores are fractions in [0, 1] (lower is better) read at the end of each attack; {{ thresholds }}</p>
-<div class="scroll">
+Harmful scores are fractions in [0, 1] (lower is better) read at the end of each attack; {{ thresholds }}
+Utility and collapsed are read at the end of the worst attack: a low harmful score from a model the attack broke
+(low utility, many collapsed answers) is not resistance.</p>
+{% for b in broken %}<p class="warn" id="broken-{{ loop.index }}"><b>{{ b.name }}: no attack stayed within the utility bound.</b>
+Every attack dropped its benign accuracy (before the attack: {{ b.benign }}) by more than ε; at the end of its worst attack
+utility was {{ b.utility }} and {{ b.collapsed }} of answers to harmful prompts had collapsed. Its harmful scores describe a
+broken model, not a resistant one.</p>
+{% endfor %}<div class="scroll">
 <table id="summary">
 <thead>
 <tr class="groups">
   <th class="g-model" colspan="3">Model</th>
-  <th class="g-resistance sep" colspan="4">Resistance</th>
+  <th class="g-resistance sep" colspan="6">Resistance</th>
   <th class="g-stability sep" colspan="2">Stability</th>
   <th class="g-generalisation sep" colspan="2">Generalisation</th>
   <th class="g-trainability sep" colspan="2">Trainability</th>
 </tr>
 <tr>
   <th class="name">name</th><th class="name">role</th><th class="name">defence</th>
-  <th class="sep">worst final harmful ↓</th><th>mean final harmful ↓</th><th>worst within utility bound ↓</th><th>weak resistance</th>
+  <th class="sep">worst final harmful ↓</th><th>utility at end of worst attack ↑</th><th>collapsed at end of worst attack</th>
+  <th>mean final harmful ↓</th><th>worst within utility bound ↓</th><th>weak resistance</th>
   <th class="sep">benign accuracy ↑</th><th>false refusal ↓</th>
   <th class="sep">held-out phrasing harmful ↓</th><th>cross-domain harmful ↓</th>
   <th class="sep">final accuracy ↑</th><th>steps to target ↓</th>
@@ -71,7 +79,9 @@ Harmful scores are fractions in [0, 1] (lower is better) read at the end of each
   <td class="name">{{ row.name }}</td><td class="name"><span class="role role-{{ row.role }}">{{ row.role }}</span></td>
   {{ td(row.defence, "txt") }}
   <td class="sep{{ ' na' if row.worst == 'n/a' else '' }}">{{ row.worst }}{% if row.worst_adversary %}<small>{{ row.worst_adversary }}</small>{% endif %}</td>
-  {{ td(row.mean) }}{{ td(row.bounded) }}{{ td(row.weak, row.weak_class) }}
+  {{ td(row.worst_utility) }}{{ td(row.worst_collapsed) }}{{ td(row.mean) }}
+  <td class="{{ row.bounded_class }}{{ ' na' if row.bounded == 'n/a' else '' }}">{{ row.bounded }}{% if row.bounded_note %}<small>{{ row.bounded_note }}</small>{% endif %}</td>
+  <td class="{{ row.weak_class }}">{{ row.weak }}{% if row.weak_note %}<small>{{ row.weak_note }}</small>{% endif %}</td>
   {{ td(row.benign, "sep") }}{{ td(row.false_refusal) }}
   {{ td(row.heldout, "sep") }}{{ td(row.cross) }}
   {{ td(row.train_acc, "sep") }}<td class="{{ ' na' if row.steps_to_target == 'n/a' else '' }}">{{ row.steps_to_target }}{% if row.target %}<small>target {{ row.target }}</small>{% endif %}</td>

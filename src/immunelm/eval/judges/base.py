@@ -65,14 +65,28 @@ class Judge(ABC):
         self.config = config if config is not None else self.config_class()
 
     @classmethod
+    def _config(cls, options: dict[str, Any]) -> Config:
+        try:
+            return load_config(cls.config_class, base=options, label="options")
+        except ImmuneLMError as exc:
+            raise ImmuneLMError(f"judge '{cls.name}': {exc}") from exc
+
+    @classmethod
     def from_options(cls, **options: Any) -> "Judge":
         """Validate ``options`` (one-line errors for typos) and construct the judge."""
         runtime = {k: options.pop(k) for k in cls.runtime_args if k in options}
-        try:
-            config = load_config(cls.config_class, base=options)
-        except ImmuneLMError as exc:
-            raise ImmuneLMError(f"judge '{cls.name}': {exc}") from exc
-        return cls(config, **runtime)
+        return cls(cls._config(options), **runtime)
+
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        """Validate ``options`` without building the judge (no model is loaded), so an evaluation
+        refuses a bad judge before any run directory exists."""
+        runtime = {k: options.pop(k) for k in cls.runtime_args if k in options}
+        cls.check_config(cls._config(options), bool(runtime))
+
+    @classmethod
+    def check_config(cls, config: Config, has_runtime: bool) -> None:
+        """Cheap checks a judge adds (e.g. that its model directory is loadable)."""
 
     @abstractmethod
     def judge(self, samples: Sequence[JudgeSample]) -> list[Verdict]:

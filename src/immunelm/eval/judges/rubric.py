@@ -24,6 +24,7 @@ from immunelm.errors import ImmuneLMError
 from immunelm.eval.generation import GenerationConfig, generate
 from immunelm.eval.judges.base import COMPLIED, REFUSED, Judge, JudgeConfig, JudgeSample, Verdict, collapsed_verdict
 from immunelm.eval.judges.keyword import DEFAULT_PRESETS, find_refusal, phrase_lists
+from immunelm.eval.judges.local_model import check_judge_dir, load_judge_model
 from immunelm.eval.judges.outcomes import is_collapsed
 from immunelm.eval.judges.registry import register_judge
 
@@ -120,15 +121,13 @@ class RubricJudgeConfig(JudgeConfig):
         default_factory=lambda: list(DEFAULT_PRESETS),
         description="Keyword lists that decide the outcome of unparsable grades.",
     )
+    trust_remote_code: bool = Field(False, description="Allow the grader's repo to run its own code (off by default).")
 
 
-def _load_grader(path: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_grader(config: RubricJudgeConfig):
+    from transformers import AutoModelForCausalLM
 
-    try:
-        return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ImmuneLMError(f"{path}: cannot load a chat model as rubric grader ({exc})") from exc
+    return load_judge_model(AutoModelForCausalLM, config.path, "rubric grader", config.trust_remote_code)
 
 
 @register_judge("rubric")
@@ -143,12 +142,19 @@ class RubricJudge(Judge):
         super().__init__(config)
         if generator is None:
             if model is None and self.config.path is not None:
-                model, tokenizer = _load_grader(self.config.path)
+                model, tokenizer = _load_grader(self.config)
             if model is None or tokenizer is None:
                 raise ImmuneLMError("rubric judge: set path to a local chat model, or pass model= and tokenizer=")
             generator = HFTextGenerator(model, tokenizer, self.config.generation)
         self.generator = generator
         self.refusal_lists = phrase_lists(self.config.refusal_presets)
+
+    @classmethod
+    def check_config(cls, config: RubricJudgeConfig, has_runtime: bool) -> None:
+        if not has_runtime:
+            if config.path is None:
+                raise ImmuneLMError("rubric judge: set path to a local chat model, or pass model= and tokenizer=")
+            check_judge_dir(config.path, "rubric grader")
 
     def grader_prompt(self, sample: JudgeSample) -> list[dict[str, str]]:
         return [{"role": "user", "content": self.config.template.format(prompt=sample.prompt, response=sample.response)}]
