@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from immunelm.data import PaddingCollator
-from immunelm.engine import CausalLMStep, LoraSettings, TrainConfig, train
+from immunelm.engine import CausalLMStep, LoraSettings, TrainConfig, causal_lm_loss, train
 from immunelm.engine.checkpoint import checkpoint_dirs, load_checkpoint
 from immunelm.engine.optim import lr_factor
 from immunelm.engine.sampling import BatchOrder
@@ -175,3 +175,70 @@ def test_gradient_checkpointing_with_lora_trains_adapters(tiny_llama, token_rows
     result = train(cfg(max_steps=3, gradient_checkpointing=True, lora=LoraSettings(r=2)), tiny_llama(), token_rows, COLLATE)
     lora_b = [p for n, p in result.model.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero; it moved
+
+
+def nan_at(step_to_break: int, plain=CausalLMStep()):
+    """A step function whose loss turns nan at optimiser step ``step_to_break`` (1-based)."""
+    def step(ctx, batch):
+        if ctx.step + 1 < step_to_break:
+            return plain(ctx, batch)
+        loss = causal_lm_loss(ctx.model, batch) * float("nan")
+        ctx.backward(loss)
+        return {"loss": loss.detach()}
+    return step
+
+
+def test_non_finite_loss_stops_before_the_update_and_saves_nothing_after(tiny_llama, token_rows, tmp_path):
+    config = cfg(max_steps=6, checkpoint_every=1, keep_checkpoints=10)
+    model = tiny_llama(dropout=0.0)
+    with pytest.raises(ImmuneLMError, match=r"step 3: the loss is not finite"):
+        train(config, model, token_rows, COLLATE, output_dir=tmp_path, step_fn=nan_at(3))
+    assert [p.name for p in checkpoint_dirs(tmp_path / "checkpoints")] == ["step-1", "step-2"]
+    # The model the caller holds has exactly the weights after step 2: the nan step was never applied.
+    reference = tiny_llama(dropout=0.0)
+    with pytest.raises(Crash):
+        train(config, reference, token_rows, COLLATE, output_dir=tmp_path / "ref", callbacks=[crash_at(2)])
+    assert same(weights(model), weights(reference)) and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_non_finite_gradient_stops_even_with_clipping_off(tiny_llama, token_rows):
+    model = tiny_llama(dropout=0.0)
+    model.model.norm.weight.register_hook(lambda grad: grad * float("inf"))  # the loss itself stays finite
+    with pytest.raises(ImmuneLMError, match=r"step 1: the gradient norm \((nan|inf)\) is not finite"):
+        train(cfg(max_grad_norm=None), model, token_rows, COLLATE)
+
+
+def test_resume_refuses_another_config_and_a_missing_checkpoint(tiny_llama, token_rows, tmp_path):
+    with pytest.raises(ImmuneLMError, match="nothing to resume"):
+        train(cfg(), tiny_llama(), token_rows, COLLATE, output_dir=tmp_path, resume=True)
+    train(cfg(checkpoint_every=3), tiny_llama(), token_rows, COLLATE, output_dir=tmp_path, run_config={"data": "a.jsonl"})
+    with pytest.raises(ImmuneLMError, match=r"train.lr \(checkpoint 0.01, now 0.02\)"):
+        train(cfg(checkpoint_every=3, lr=2e-2), tiny_llama(), token_rows, COLLATE, output_dir=tmp_path, resume=True,
+              run_config={"data": "a.jsonl"})
+    with pytest.raises(ImmuneLMError, match=r"data \(checkpoint 'a.jsonl', now 'b.jsonl'\)"):
+        train(cfg(checkpoint_every=3), tiny_llama(), token_rows, COLLATE, output_dir=tmp_path, resume=True, run_config={"data": "b.jsonl"})
+    with pytest.raises(ImmuneLMError, match=r"dataset.rows \(checkpoint 40, now 39\)"):
+        train(cfg(checkpoint_every=3), tiny_llama(), token_rows[:-1], COLLATE, output_dir=tmp_path, resume=True,
+              run_config={"data": "a.jsonl"})
+    # Logging, progress and checkpoint cadence may change, and the budget may grow.
+    notes = []
+    resumed = train(cfg(checkpoint_every=2, log_every=3, progress=False, max_steps=8), tiny_llama(), token_rows, COLLATE,
+                    output_dir=tmp_path, resume=True, run_config={"data": "a.jsonl"}, log=notes.append)
+    assert resumed.steps == 8 and notes == [f"resuming from {tmp_path / 'checkpoints' / 'step-6'} (step 6)"]
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_newest_complete_one(tiny_llama, token_rows, tmp_path):
+    config = cfg(max_steps=10, checkpoint_every=3, keep_checkpoints=3)
+    reference = weights(train(config, tiny_llama(), token_rows, COLLATE, output_dir=tmp_path / "ref").model)
+    with pytest.raises(Crash):
+        train(config, tiny_llama(), token_rows, COLLATE, output_dir=tmp_path, callbacks=[crash_at(7)])
+    state = tmp_path / "checkpoints" / "step-6" / "state.json"
+    state.write_text(state.read_text()[:50])  # truncated mid-write by something outside the engine
+    notes = []
+    resumed = train(config, tiny_llama(seed=5), token_rows, COLLATE, output_dir=tmp_path, resume=True, log=notes.append)
+    assert len(notes) == 1 and "resuming from" in notes[0] and "step-3 (step 3)" in notes[0] and "step-6" in notes[0]
+    assert same(weights(resumed.model), reference)
+    for name in ("step-3", "step-6", "step-9"):
+        (tmp_path / "checkpoints" / name / "trainable.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(ImmuneLMError, match="no complete checkpoint"):
+        train(config, tiny_llama(), token_rows, COLLATE, output_dir=tmp_path, resume=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from immunelm.config import dump_config
-from immunelm.io import write_json_atomic, write_text_atomic
+from immunelm.io import ensure_dir, write_json_atomic, write_text_atomic
 
 TRACKED_PACKAGES = (
     "immunelm", "torch", "transformers", "peft", "accelerate", "datasets",
@@ -59,10 +60,26 @@ def provenance(seed: int | None) -> dict:
     }
 
 
-def record_run(run_dir: str | Path, config: BaseModel, seed: int | None) -> Path:
-    """Write ``config.yaml`` and ``provenance.json`` into ``run_dir`` (created if needed)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _earlier_records(path: Path) -> list[dict]:
+    """The provenance of the runs a resumed run continues (oldest first); [] if unreadable."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    return list(old.pop("previous", [])) + [old]
+
+
+def record_run(run_dir: str | Path, config: BaseModel, seed: int | None, resumed_from: str | None = None) -> Path:
+    """Write ``config.yaml`` and ``provenance.json`` into ``run_dir`` (created if needed).
+
+    A resumed run (``resumed_from``: the checkpoint) keeps the earlier records under ``previous``."""
+    run_dir = ensure_dir(Path(run_dir))
+    record = provenance(seed)
+    if resumed_from is not None:
+        record["resumed_from"] = resumed_from
+        record["previous"] = _earlier_records(run_dir / "provenance.json")
     write_text_atomic(run_dir / "config.yaml", dump_config(config))
-    write_json_atomic(run_dir / "provenance.json", provenance(seed))
+    write_json_atomic(run_dir / "provenance.json", record)
     return run_dir

@@ -23,7 +23,7 @@ from immunelm.io import write_json_atomic
 from immunelm.models import save_model
 from immunelm.models.adapters import is_peft_model, save_adapter
 from immunelm.smol.config import SmolOrganismConfig
-from immunelm.sources import ORGANISM, SMOL, load_model_source
+from immunelm.sources import ORGANISM, SMOL, load_model_source, load_tokenizer_source
 from immunelm.world.organism import Organism, OrganismConfig
 
 
@@ -102,14 +102,43 @@ def defence_data(cfg: ImmuniseConfig) -> DefenceData:
     return data
 
 
+def _check_source(source: str, cfg: ImmuniseConfig) -> None:
+    """A user's model source exists and has a tokenizer (organisms are built on demand)."""
+    if not source.startswith((ORGANISM, SMOL)):
+        load_tokenizer_source(source, cfg.cache_dir, cfg.trust_remote_code, cfg.organism, cfg.smol, cfg.chat_template)
+
+
 def validate_immunise(method: str, cfg: ImmuniseConfig):
-    """The defence's validated config; one-line errors before any run directory exists."""
+    """The defence's validated config; one-line errors (bad defence fields, unreadable data
+    files, missing model sources) before any run directory exists or a model is loaded."""
     spec = build_defence(method)
     defence_cfg = load_config(spec.config_cls, base=cfg.defence, label=f"defence '{method}' (defence.*)")
     check_data_sources(cfg)
     if spec.requires_base(defence_cfg) and base_source(cfg) is None:
         raise ImmuneLMError(f"base_model: required by '{method}' for a model other than an organism (the pre-alignment checkpoint)")
+    for source in (cfg.data.refusals, cfg.data.harmful, cfg.data.benign):
+        if source is not None:
+            load_examples(source)
+    _check_source(cfg.model, cfg)
+    if cfg.base_model and spec.requires_base(defence_cfg):
+        _check_source(cfg.base_model, cfg)
     return defence_cfg
+
+
+def immunise_seed(method: str, defence_cfg) -> int | None:
+    """The seed a defence run uses: its own ``seed`` (e.g. deep-align's augmentation draws), else
+    its engine's ``train.seed``; a pipeline: its first step's. None for a training-free defence,
+    which draws nothing at random."""
+    if getattr(defence_cfg, "seed", None) is not None:
+        return defence_cfg.seed
+    train = getattr(defence_cfg, "train", None)
+    if getattr(train, "seed", None) is not None:
+        return train.seed
+    for step in getattr(defence_cfg, "steps", None) or []:
+        step_cfg = load_config(build_defence(step.defence).config_cls, base=step.config, label=f"pipeline step '{step.defence}'")
+        if (seed := immunise_seed(step.defence, step_cfg)) is not None:
+            return seed
+    return None
 
 
 def save_immunised(model, tokenizer, out: Path, base: str, save_merged: bool) -> dict:
@@ -123,9 +152,11 @@ def save_immunised(model, tokenizer, out: Path, base: str, save_merged: bool) ->
     return {"format": "full"}
 
 
-def run_immunise(method: str, cfg: ImmuniseConfig, run_dir: Path) -> Path:
+def run_immunise(method: str, cfg: ImmuniseConfig, run_dir: Path, defence_cfg=None) -> Path:
+    """Apply ``method`` and save ``run_dir/model``; ``defence_cfg``: from :func:`validate_immunise`
+    when the caller already ran it (it reads the data files, so it is not repeated)."""
     spec = build_defence(method)
-    defence_cfg = validate_immunise(method, cfg)
+    defence_cfg = defence_cfg if defence_cfg is not None else validate_immunise(method, cfg)
     model, tokenizer = _load(cfg.model, cfg)
     started = time.perf_counter()
     result = apply_defence(method, model, tokenizer, defence_data(cfg), defence_cfg)

@@ -11,7 +11,9 @@ from typing import Optional
 import typer
 from pydantic import Field
 
-from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, out, print_criteria, resolve_config, start_run
+from immunelm.cli.common import (
+    CONFIG_OPTION, OVERRIDES_ARG, OVERWRITE_OPTION, RUN_DIR_OPTION, console, out, print_criteria, resolve_config, start_run,
+)
 from immunelm.config import Config
 from immunelm.io import write_json_atomic
 from immunelm.smol.check import SmolCheckConfig, run_smol_check
@@ -67,11 +69,12 @@ def build(config: Optional[Path] = CONFIG_OPTION, overrides: Optional[list[str]]
 
 @app.command()
 def check(config: Optional[Path] = CONFIG_OPTION, overrides: Optional[list[str]] = OVERRIDES_ARG,
-          run_dir: Optional[Path] = RUN_DIR_OPTION, force: bool = typer.Option(False, help="Rebuild first.")) -> None:
+          run_dir: Optional[Path] = RUN_DIR_OPTION, force: bool = typer.Option(False, help="Rebuild first."),
+          overwrite: bool = OVERWRITE_OPTION) -> None:
     """Measure the SmolLM2 organism's phenomena; exit 1 if a target is missed."""
     cfg = resolve_config(SmolRunConfig, config, overrides)
     organism_from(cfg)
-    path = start_run("smol-check", run_dir, cfg, cfg.smol.seed)
+    path = start_run("smol-check", run_dir, cfg, cfg.smol.seed, overwrite=overwrite)
     organism, info = build_smol(cfg, force)
     report = run_smol_check(organism, cfg.check, info)
     write_json_atomic(path / "smol_check.json", report)

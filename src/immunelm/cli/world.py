@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 from pydantic import Field
 
-from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, out, print_criteria, resolve_config, start_run
+from immunelm.cli.common import (
+    CONFIG_OPTION, OVERRIDES_ARG, OVERWRITE_OPTION, RUN_DIR_OPTION, console, out, print_criteria, resolve_config, start_run,
+)
 from immunelm.config import Config
 from immunelm.io import write_json_atomic
 from immunelm.world.check import CheckConfig, run_check
@@ -66,9 +68,10 @@ def build(config: Optional[Path] = CONFIG_OPTION, overrides: Optional[list[str]]
 
 @app.command()
 def check(config: Optional[Path] = CONFIG_OPTION, overrides: Optional[list[str]] = OVERRIDES_ARG,
-          run_dir: Optional[Path] = RUN_DIR_OPTION, force: bool = typer.Option(False, help="Rebuild first.")) -> None:
+          run_dir: Optional[Path] = RUN_DIR_OPTION, force: bool = typer.Option(False, help="Rebuild first."),
+          overwrite: bool = OVERWRITE_OPTION) -> None:
     """Measure the organism's phenomena; exit 1 if a target is missed."""
     cfg = resolve_config(WorldRunConfig, config, overrides)
-    path = start_run("world-check", run_dir, cfg, cfg.organism.seed)
+    path = start_run("world-check", run_dir, cfg, cfg.organism.seed, overwrite=overwrite)
     report = check_organism(cfg, path, force)
     raise typer.Exit(0 if report["passed"] else 1)

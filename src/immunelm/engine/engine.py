@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,15 +23,25 @@ import torch
 from tqdm.auto import tqdm
 
 from immunelm.engine.checkpoint import (
-    CHECKPOINT_PREFIX, checkpoint_dirs, load_checkpoint, prune_checkpoints, save_checkpoint,
+    CHECKPOINT_PREFIX, apply_checkpoint, find_resumable, prune_checkpoints, resume_message, run_fingerprint, run_record,
+    save_checkpoint,
 )
 from immunelm.engine.config import TrainConfig
 from immunelm.engine.optim import build_optimizer, build_scheduler
 from immunelm.engine.sampling import BatchOrder
 from immunelm.engine.steps import CausalLMStep, StepContext, TrainStep
+from immunelm.errors import ImmuneLMError
 
 EvalFn = Callable[[torch.nn.Module, int], dict[str, float]]
 StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _not_finite(value, device) -> torch.Tensor:
+    return ~torch.isfinite(torch.as_tensor(value, device=device).detach()).all()
 
 
 @dataclass
@@ -75,7 +86,12 @@ def total_optimizer_steps(cfg: TrainConfig, order: BatchOrder) -> int:
 
 
 class Engine:
-    """Train ``model`` on ``dataset`` (a sequence of encoded rows) with ``step_fn``."""
+    """Train ``model`` on ``dataset`` (a sequence of encoded rows) with ``step_fn``.
+
+    ``run_config`` is the whole resolved config of the command (e.g. the finetune config): its
+    fields are recorded in every checkpoint so ``train(resume=True)`` refuses a checkpoint
+    written under another config. ``log`` receives one-line notes (what a resume continues from).
+    """
 
     def __init__(
         self,
@@ -89,6 +105,8 @@ class Engine:
         callbacks: Sequence[StepCallback] = (),
         accelerator=None,
         description: str = "train",
+        run_config=None,
+        log: Callable[[str], None] = _to_stderr,
     ) -> None:
         if len(dataset) == 0:
             raise ValueError("training dataset is empty")
@@ -101,6 +119,8 @@ class Engine:
         self.callbacks = list(callbacks)
         self.accelerator = accelerator or get_accelerator(config.mixed_precision)
         self.description = description
+        self.log = log
+        self.fingerprint = run_fingerprint(config, run_config, len(dataset))
         seed_everything(config.seed)  # before LoRA init so adapters are seeded too
         self.model = apply_lora(model, config) if config.lora else model
         if config.gradient_checkpointing and hasattr(self.model, "gradient_checkpointing_enable"):
@@ -123,8 +143,8 @@ class Engine:
         counters = {"step": 0, "batches": 0}
         history: list[dict] = []
         evaluations: list[dict] = []
-        if resume and (latest := self._latest_checkpoint()) is not None:
-            counters = load_checkpoint(latest, acc.unwrap_model(model), optimizer, scheduler)
+        if resume:
+            counters = self._resume(acc.unwrap_model(model), optimizer, scheduler)
             history, evaluations = counters.pop("history", []), counters.pop("evaluations", [])
         ctx = StepContext(model, acc, counters["step"], total, cfg.grad_accum)
         batches = order.batches(start_batch=counters["batches"])
@@ -166,12 +186,44 @@ class Engine:
             last = micro == cfg.grad_accum - 1
             with (nullcontext() if last else acc.no_sync(model)), acc.autocast():
                 metrics.append(self.step_fn(ctx, batch))
-        if cfg.max_grad_norm is not None:
-            acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        # Clipping at +inf changes nothing (factor exactly 1) but returns the norm, which is checked.
+        norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf)
+        self._stop_if_not_finite(ctx, metrics, norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return metrics
+
+    def _stop_if_not_finite(self, ctx: StepContext, metrics: list[dict], norm) -> None:
+        """Raise before ``optimizer.step`` if this step's loss or gradient is nan/inf: the weights
+        keep their last finite values and no checkpoint is written after the bad step."""
+        acc = self.accelerator
+        bad_loss = ctx.take_nonfinite_loss().to(acc.device)
+        for m in metrics:
+            if "loss" in m:
+                bad_loss = bad_loss | _not_finite(m["loss"], acc.device)
+        # fp16's loss scaler expects inf gradients now and then and skips those steps itself.
+        check_grad = norm is not None and getattr(acc, "scaler", None) is None
+        bad_grad = _not_finite(norm, acc.device) if check_grad else torch.tensor(False, device=acc.device)
+        flags = torch.stack([bad_loss, bad_grad]).float()
+        if acc.num_processes > 1:  # every process must stop together, not hang in the next collective
+            flags = acc.reduce(flags, reduction="sum")
+        loss_bad, grad_bad = (flags > 0).tolist()
+        if loss_bad or grad_bad:
+            what = "loss" if loss_bad else f"gradient norm ({float(norm)})"
+            raise ImmuneLMError(
+                f"training stopped at step {ctx.step + 1}: the {what} is not finite (nan or inf); this step was not "
+                "applied and nothing after it was saved (lower train.lr, set train.max_grad_norm, or check the data)")
+
+    def _resume(self, model, optimizer, scheduler) -> dict:
+        """Load the newest complete checkpoint of this run; one-line error if there is none."""
+        if self.checkpoint_root is None:
+            raise ImmuneLMError("resume: the engine has no output_dir to resume from")
+        data, skipped = find_resumable(self.checkpoint_root, self.fingerprint)
+        counters = apply_checkpoint(data, model, optimizer, scheduler)
+        if self.accelerator.is_main_process:
+            self.log(resume_message(data, skipped))
+        return counters
 
     def _summarise(self, pending: list[dict], step: int, scheduler) -> dict[str, float]:
         keys = pending[0].keys() if pending else []
@@ -189,10 +241,6 @@ class Engine:
         result["step"] = step
         return result
 
-    def _latest_checkpoint(self) -> Path | None:
-        found = checkpoint_dirs(self.checkpoint_root) if self.checkpoint_root else []
-        return found[-1] if found else None
-
     def _checkpoint(self, model, optimizer, scheduler, counters, history, evaluations) -> None:
         if self.checkpoint_root is None:
             raise ValueError("checkpoint_every is set but the engine has no output_dir")
@@ -201,7 +249,7 @@ class Engine:
         if acc.is_main_process:
             target = self.checkpoint_root / f"{CHECKPOINT_PREFIX}{counters['step']}"
             state = {**counters, "history": history, "evaluations": evaluations}
-            save_checkpoint(target, acc.unwrap_model(model), optimizer, scheduler, state)
+            save_checkpoint(target, acc.unwrap_model(model), optimizer, scheduler, state, run_record(self.fingerprint))
             prune_checkpoints(self.checkpoint_root, self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
 

@@ -26,10 +26,21 @@ class StepContext:
     total_steps: int
     grad_accum: int
     state: dict[str, Any] = field(default_factory=dict)  # per-run scratch space for methods
+    # Whether any loss back-propagated since the last optimiser step was nan/inf. Kept as a
+    # tensor so checking it costs one device sync per optimiser step, not one per backward.
+    nonfinite_loss: torch.Tensor | None = None
 
     def backward(self, loss: torch.Tensor) -> None:
         """Back-propagate ``loss``, scaled for gradient accumulation."""
+        bad = ~torch.isfinite(loss.detach()).all()
+        self.nonfinite_loss = bad if self.nonfinite_loss is None else self.nonfinite_loss | bad
         self.accelerator.backward(loss / self.grad_accum)
+
+    def take_nonfinite_loss(self) -> torch.Tensor:
+        """The flag since the last call (then reset): True if a back-propagated loss was nan/inf."""
+        flag = self.nonfinite_loss if self.nonfinite_loss is not None else torch.tensor(False)
+        self.nonfinite_loss = None
+        return flag
 
 
 class TrainStep(Protocol):
