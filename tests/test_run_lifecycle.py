@@ -372,6 +372,14 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
 # ---------------------------------------------------------------- seeds
 
 
+def test_evaluation_seed_is_the_generation_seed(tmp_path):
+    from immunelm.api import EvaluateConfig, validate_evaluation
+    from immunelm.config import load_config
+
+    cfg = load_config(EvaluateConfig, None, ["evaluation.generation={seed: 13}", f"cache_dir={tmp_path}"])
+    assert common.evaluation_seed(cfg, validate_evaluation(cfg)) == 13
+
+
 def test_immunise_records_the_seed_the_defence_uses():
     from immunelm.api.immunise import immunise_seed
     from immunelm.config import load_config

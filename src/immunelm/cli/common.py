@@ -135,6 +135,14 @@ def start_run(command: str, run_dir: Optional[Path], config: BaseModel, seed: in
     return path
 
 
+def evaluation_seed(cfg, task) -> int:
+    """The seed an evaluation samples with (its generation settings after the task's defaults),
+    for ``start_run`` in ``evaluate``."""
+    from immunelm.eval.runner import resolve_settings
+
+    return resolve_settings(cfg.evaluation, task).generation.seed
+
+
 def interrupted_message() -> str:
     """What a Ctrl-C left behind, in one line."""
     if CURRENT_RUN is None:
