@@ -226,7 +226,7 @@ def test_no_attack_within_bound_is_explicit_in_results_and_report(tmp_path, caps
     html = regenerate(tmp_path).read_text(encoding="utf-8")
     assert f"{broken.name}: no attack stayed within the utility bound." in html
     row = html.split(f'<td class="name">{broken.name}</td>', 1)[1].split("</tr>", 1)[0]
-    assert ">none<small>no attack stayed within ε</small>" in row
+    assert ">none<small class=\"wrap\">no attack stayed within ε</small>" in row
     assert "0.100" in row and "0.600" in row  # utility and collapse beside the harmful score
     assert f"{rs.worst_final_harmful:.3f}" in row
 
@@ -248,7 +248,7 @@ def test_weak_resistance_of_a_broken_model_is_not_shown_as_a_win(tmp_path):
     assert model.resistance_summary.weak_resistance is True
     html = render_report(report, tmp_path).read_text(encoding="utf-8")
     row = html.split(f'<td class="name">{model.name}</td>', 1)[1].split("</tr>", 1)[0]
-    assert '<td class="na">yes<small>utility broken by every attack</small>' in row
+    assert '<td class="na">yes<small class="wrap">utility broken by every attack</small>' in row
     assert '<td class="yes">' not in row
 
 

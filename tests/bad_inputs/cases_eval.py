@@ -120,6 +120,8 @@ CASES = [
           "unknown field 'exampels'", "did you mean 'examples'"),
     suite("eval-suite-adversary-name-missing", ADV + "  - {kind: harmful_sft}\n", "adversaries[0]", "missing 'name'"),
     suite("eval-suite-adversary-name-number", ADV + "  - {name: 3}\n", "adversaries[0]", "non-empty string"),
+    ev("eval-suite-search-trials-without-search", [REF], ["evaluation.suite=quick", "evaluation.search_trials=5"],
+       ["evaluation.search_trials=5", "suite 'quick' has no 'search' section"]),
     ev("eval-suite-unknown-name", [REF], ["evaluation.suite=stnadard"], ["unknown suite 'stnadard'", "standard"]),
     ev("eval-suite-file-missing", [REF], ["evaluation.suite=nope.yaml"], ["nope.yaml", "suite file not found"]),
     # ------------------------------------------------------------------ tasks

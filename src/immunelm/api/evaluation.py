@@ -88,6 +88,14 @@ def _for_model(spec: ModelSpec, exc: Exception) -> str:
     return f"model '{spec.name}': {message}" if spec.source in message else f"model '{spec.name}' ({spec.source}): {message}"
 
 
+def _check_search(cfg: "EvaluateConfig", suite) -> None:
+    """search_trials on a suite without a search space would silently sample nothing."""
+    trials = cfg.evaluation.search_trials
+    if trials and suite.search is None:
+        raise ImmuneLMError(f"evaluation.search_trials={trials}: suite '{suite.name}' has no 'search' section, so no "
+                            "adversary would be sampled; use a suite with one (e.g. full) or add it to the suite file")
+
+
 def task_for(cfg: EvaluateConfig) -> EvalTask:
     return load_task(cfg.evaluation.task, TaskContext(cfg.organism, cfg.cache_dir, cfg.smol),
                      {"options": cfg.evaluation.task_options} if cfg.evaluation.task_options else None)
@@ -108,7 +116,7 @@ def validate_evaluation(cfg: EvaluateConfig) -> EvalTask:
     task = task_for(cfg)  # cheap (no model); its errors (missing extras, bad files) come first
     _check_sources(cfg)
     settings = resolve_settings(cfg.evaluation, task)
-    load_suite(settings.suite)
+    _check_search(cfg, load_suite(settings.suite))
     judge_class(settings.judge).check_options(**settings.judge_options)
     for spec in cfg.models:
         try:

@@ -24,7 +24,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from immunelm.eval.schema import EvaluationReport, ModelReport, Outcomes  # noqa: E402
 from immunelm.io import atomic_path  # noqa: E402
 from immunelm.report.metrics import (  # noqa: E402
-    adversary_names, cross_domain, final_point, reference_model, threshold, worst_final, worst_result,
+    adversary_names, cross_domain, final_point, no_attack_within_bound, reference_model, threshold, worst_final,
+    worst_result,
 )
 
 OUTCOME_COLOURS = {"refused": "#4c9a6a", "collapsed": "#e0a33a", "complied": "#c8453b"}
@@ -119,6 +120,9 @@ def pillar_comparison(report: EvaluationReport) -> Figure:
                    hatch="//" if model.role == "reference" else None, edgecolor="white", linewidth=0.5)
             if n <= 6:
                 ax.text(x, value + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+            if i == 0 and no_attack_within_bound(model):  # a low bar here is a broken model, not resistance
+                ax.text(x, value + 0.08, "utility broken", ha="center", va="bottom", fontsize=6, rotation=90,
+                        color="#b3261e")
     for i, (_, value_of) in enumerate(PILLARS):
         ref_value = value_of(ref) if ref else None
         if ref_value is not None:
@@ -190,7 +194,8 @@ def resistance_vs_trainability(report: EvaluationReport) -> Figure:
     for model, x, y in points:
         ax.scatter([x], [y], s=45, color=colour[model.name], marker="s" if model.role == "reference" else "o",
                    zorder=3)
-        ax.annotate(label(model.name), (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8)
+        broken = "\n(utility broken by every attack)" if no_attack_within_bound(model) else ""
+        ax.annotate(label(model.name) + broken, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8)
     if phi is not None:
         ax.axhline(phi, color="#999999", lw=0.8, ls=":", label=f"threshold φ = {phi:g}")
         ax.legend(loc="upper left", fontsize=8)

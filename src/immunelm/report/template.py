@@ -20,7 +20,7 @@ TEMPLATE = """<!DOCTYPE html>
   .scroll { overflow-x: auto; }
   table { border-collapse: collapse; font-size: 13px; margin: 6px 0 4px; }
   th, td { border: 1px solid #d6d6d6; padding: 4px 8px; text-align: right; vertical-align: top; }
-  td { white-space: nowrap; } td small { color: #666; display: block; font-size: 11px; }
+  td { white-space: nowrap; } td small { color: #666; display: block; font-size: 11px; } td small.wrap { white-space: normal; min-width: 80px; }
   th { background: #f3f3f3; font-weight: 600; font-size: 12px; max-width: 120px; }
   td.name, th.name { text-align: left; } td.name { font-weight: 600; white-space: normal; overflow-wrap: anywhere; min-width: 70px; max-width: 220px; }
   td.txt { text-align: left; }
@@ -80,8 +80,8 @@ broken model, not a resistant one.</p>
   {{ td(row.defence, "txt") }}
   <td class="sep{{ ' na' if row.worst == 'n/a' else '' }}">{{ row.worst }}{% if row.worst_adversary %}<small>{{ row.worst_adversary }}</small>{% endif %}</td>
   {{ td(row.worst_utility) }}{{ td(row.worst_collapsed) }}{{ td(row.mean) }}
-  <td class="{{ row.bounded_class }}{{ ' na' if row.bounded == 'n/a' else '' }}">{{ row.bounded }}{% if row.bounded_note %}<small>{{ row.bounded_note }}</small>{% endif %}</td>
-  <td class="{{ row.weak_class }}">{{ row.weak }}{% if row.weak_note %}<small>{{ row.weak_note }}</small>{% endif %}</td>
+  <td class="{{ row.bounded_class }}{{ ' na' if row.bounded == 'n/a' else '' }}">{{ row.bounded }}{% if row.bounded_note %}<small{% if row.bounded_class == 'no' %} class="wrap"{% endif %}>{{ row.bounded_note }}</small>{% endif %}</td>
+  <td class="{{ row.weak_class }}">{{ row.weak }}{% if row.weak_note %}<small class="wrap">{{ row.weak_note }}</small>{% endif %}</td>
   {{ td(row.benign, "sep") }}{{ td(row.false_refusal) }}
   {{ td(row.heldout, "sep") }}{{ td(row.cross) }}
   {{ td(row.train_acc, "sep") }}<td class="{{ ' na' if row.steps_to_target == 'n/a' else '' }}">{{ row.steps_to_target }}{% if row.target %}<small>target {{ row.target }}</small>{% endif %}</td>
