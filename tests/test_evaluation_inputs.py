@@ -242,3 +242,13 @@ def test_adversary_budget_above_the_suite_budget_allows_later_eval_steps(tmp_pat
 def test_unknown_kind_is_refused_where_the_adversary_is_written():
     with pytest.raises(ValueError, match="unknown attack kind 'jailbreak'"):
         AdversaryConfig(name="a", kind="jailbreak")
+
+
+def test_results_record_the_seed_answers_were_sampled_with(tmp_path):
+    from immunelm.api.evaluation import task_for
+    from immunelm.eval.runner import Evaluator, resolve_settings
+
+    cfg = config(tmp_path, [REF], "evaluation.generation={seed: 13, progress: false}")
+    task = task_for(cfg)
+    evaluator = Evaluator(cfg.evaluation, task, resolve_settings(cfg.evaluation, task))
+    assert evaluator._report([], time.perf_counter(), None).provenance["seed"] == 13

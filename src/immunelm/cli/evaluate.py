@@ -9,7 +9,10 @@ import typer
 from rich.table import Table
 
 from immunelm.api import EvaluateConfig, parse_model_flags, run_evaluation, validate_evaluation
-from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, RUN_DIR_OPTION, console, out, resolve_config, start_run
+from immunelm.cli.common import (
+    CONFIG_OPTION, OVERRIDES_ARG, OVERWRITE_OPTION, RUN_DIR_OPTION, check_run_dir, console, evaluation_seed, out,
+    resolve_config, start_run,
+)
 from immunelm.eval.schema import EvaluationReport
 
 
@@ -78,13 +81,15 @@ def evaluate(
     config: Optional[Path] = CONFIG_OPTION,
     overrides: Optional[list[str]] = OVERRIDES_ARG,
     run_dir: Optional[Path] = RUN_DIR_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
 ) -> None:
     """Attack every model with an adversary suite; score the four pillars; write results + report."""
+    check_run_dir(run_dir, overwrite=overwrite)
     cfg = resolve_config(EvaluateConfig, config, overrides)
     if model:
         cfg.models = parse_model_flags(model)
-    task = validate_evaluation(cfg)
-    path = start_run("evaluate", run_dir, cfg, None)
+    task = validate_evaluation(cfg)  # every input, before the run directory exists
+    path = start_run("evaluate", run_dir, cfg, evaluation_seed(cfg, task), overwrite=overwrite)
     report = run_evaluation(cfg, path, task)
     print_summary(report)
     console.print(f"report: {path / 'report.html'}")

@@ -202,7 +202,9 @@ class Evaluator:
             suite=self.suite.name, judge=self.settings.judge, models=models, task=self.task.name,
             config={"evaluation": self.cfg.model_dump(mode="json"), "resolved": self.settings.dump(),
                     "suite": self.suite.model_dump(mode="json"), "task": self.task.provenance, **(extra_config or {})},
-            provenance=provenance(None), data_hashes=self.task.hashes(), wall_seconds=time.perf_counter() - started,
+            # The seed the answers were sampled with (attacks carry their own, in each adversary's settings).
+            provenance=provenance(self.settings.generation.seed), data_hashes=self.task.hashes(),
+            wall_seconds=time.perf_counter() - started,
         )
 
 
