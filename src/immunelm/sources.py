@@ -64,7 +64,7 @@ GGUF_MAGIC = b"GGUF"
 _MAX_ADAPTER_DEPTH = 4  # an adapter on an adapter is fine; a note naming itself is a loop
 
 
-def check_model_source(source: str, cache_dir: Optional[str] = None, depth: int = 0) -> None:
+def check_model_source(source: str, depth: int = 0) -> None:
     """Refuse a source that cannot load, cheaply (no weights are read); one line naming it."""
     if source.startswith(ORGANISM):
         _check_stage(source, Organism.STAGES, "organism", "immunelm world build")
@@ -77,7 +77,7 @@ def check_model_source(source: str, cache_dir: Optional[str] = None, depth: int 
     elif is_adapter_dir(source):
         if depth >= _MAX_ADAPTER_DEPTH:
             raise ImmuneLMError(f"{source}: adapter bases nest more than {_MAX_ADAPTER_DEPTH} deep (does the note name itself?)")
-        check_model_source(adapter_base(source), cache_dir, depth + 1)
+        check_model_source(adapter_base(source), depth + 1)
     else:
         _check_path_or_hub(source)
 

@@ -77,7 +77,7 @@ def _check_sources(cfg: "EvaluateConfig") -> None:
     """Every model's source, cheaply (no weights), so a typo in the last one is found first."""
     for spec in cfg.models:
         try:
-            check_model_source(spec.source, cfg.cache_dir)
+            check_model_source(spec.source)
         except ImmuneLMError as exc:
             raise ImmuneLMError(_for_model(spec, exc)) from exc
 
