@@ -20,7 +20,8 @@ def cfg(**kw):
 
 
 def weights(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    """On the CPU, so results trained on a GPU compare with CPU references."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
 
 
 def same(a, b):
@@ -114,9 +115,9 @@ def test_lora_trains_only_adapters(tiny_llama, token_rows):
     model = tiny_llama()
     frozen_before = weights(model)
     result = train(cfg(lora=LoraSettings(r=2, alpha=4)), model, token_rows, COLLATE)
-    named = dict(result.model.named_parameters())
-    lora = [n for n in named if "lora_" in n]
-    assert lora and all(named[n].requires_grad for n in lora)
+    named = weights(result.model)
+    lora = [n for n, p in result.model.named_parameters() if "lora_" in n and p.requires_grad]
+    assert lora and lora == [n for n in named if "lora_" in n]
     base_changed = [
         n for n, p in named.items()
         if "lora_" not in n and not torch.equal(p, frozen_before[n.replace("base_model.model.", "").replace(".base_layer", "")])
