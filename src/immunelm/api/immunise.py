@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import Field
+from pydantic import Field, create_model
 
 from immunelm.config import Config, load_config
 from immunelm.data import DataSourceConfig, load_examples
@@ -108,11 +108,20 @@ def _check_source(source: str, cfg: ImmuniseConfig) -> None:
         load_tokenizer_source(source, cfg.cache_dir, cfg.trust_remote_code, cfg.organism, cfg.smol, cfg.chat_template)
 
 
-def validate_immunise(method: str, cfg: ImmuniseConfig):
-    """The defence's validated config; one-line errors (bad defence fields, unreadable data
-    files, missing model sources) before any run directory exists or a model is loaded."""
+def load_defence_config(method: str, fields: dict[str, Any], section: str = "defence"):
+    """``method``'s config from ``fields``; an error names the field as the user wrote it
+    (``defence.train.lr``), by validating it as the ``section`` field of a one-field config."""
     spec = build_defence(method)
-    defence_cfg = load_config(spec.config_cls, base=cfg.defence, label=f"defence '{method}' (defence.*)")
+    wrapper = create_model(f"{spec.config_cls.__name__}Section", __base__=Config, **{section: (spec.config_cls, ...)})
+    return getattr(load_config(wrapper, base={section: fields}, label=f"defence '{method}'"), section)
+
+
+def validate_immunise(method: str, cfg: ImmuniseConfig, section: str = "defence"):
+    """The defence's validated config; one-line errors (bad defence fields, unreadable data
+    files, missing model sources) before any run directory exists or a model is loaded.
+    ``section``: what the user calls ``cfg.defence`` (the demo's ``defence_config``)."""
+    spec = build_defence(method)
+    defence_cfg = load_defence_config(method, cfg.defence, section)
     check_data_sources(cfg)
     if spec.requires_base(defence_cfg) and base_source(cfg) is None:
         raise ImmuneLMError(f"base_model: required by '{method}' for a model other than an organism (the pre-alignment checkpoint)")

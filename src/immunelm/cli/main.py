@@ -57,7 +57,7 @@ def demo(config: Optional[Path] = CONFIG_OPTION, overrides: Optional[list[str]] 
     check_run_dir(run_dir, overwrite=overwrite)
     validate_evaluation(cfg)
     immunise_cfg = ImmuniseConfig(defence=cfg.defence_config, organism=cfg.organism, cache_dir=cfg.cache_dir)
-    defence_cfg = validate_immunise(cfg.defence, immunise_cfg)  # defence_config errors before any work
+    defence_cfg = validate_immunise(cfg.defence, immunise_cfg, section="defence_config")  # errors before any work
     path = start_run("demo", run_dir, cfg, cfg.organism.seed, overwrite=overwrite)
     started = time.perf_counter()
     world_cmd.build_organism(world_cmd.WorldRunConfig(organism=cfg.organism, cache_dir=cfg.cache_dir))
