@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from immunelm.cli.main import app
 from immunelm.data import Example
 from immunelm.errors import ImmuneLMError
+from immunelm.eval.schema import SCHEMA_VERSION
 from immunelm.tasks import TaskContext, check_tokenizer, load_task
 from immunelm.tasks.scorers import contains, exact, first_option, multiple_choice
 from immunelm.world.organism import OrganismConfig
@@ -141,7 +142,7 @@ def test_models_with_different_tokenizers_in_one_evaluation(tmp_path):
     assert alone.exit_code == 0, alone.output
     pair, single = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ab", "b1"))
     assert not (tmp_path / "ab" / "results.partial.json").exists()  # kept only while models remain
-    assert pair["task"] == "task" and pair["schema_version"] == "1.2"
+    assert pair["task"] == "task" and pair["schema_version"] == SCHEMA_VERSION
     b_pair = next(m for m in pair["models"] if m["name"] == "b")
     assert b_pair["resistance"][0]["curve"] == single["models"][0]["resistance"][0]["curve"]
     assert "heldout_category" in b_pair["resistance"][0]["curve"][-1]["generalisation"]

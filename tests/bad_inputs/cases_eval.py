@@ -113,7 +113,7 @@ CASES = [
     suite("eval-suite-eval-at-beyond-budget", "name: s\nbudget: 10\neval_at: [0, 50]\nadversaries:\n  - {name: a}\n",
           "eval_at step 50", "[0, 10]"),
     suite("eval-suite-eval-at-negative", "name: s\nbudget: 10\neval_at: [-5, 10]\nadversaries:\n  - {name: a}\n",
-          "eval_at step -5"),
+          "eval_at", "greater than or equal to 0"),
     suite("eval-suite-adversary-lr-infinite", ADV + "  - {name: a, train: {lr: .inf}}\n", "adversaries[0] 'a'", "train.lr",
           "finite"),
     suite("eval-suite-adversary-unknown-field", ADV + "  - {name: a, exampels: 10}\n", "adversaries[0] 'a'",

@@ -15,7 +15,8 @@ from typing import Callable
 
 TINY_ORGANISM = [
     "organism.world.entities_per_harm_domain=6", "organism.world.n_countries=4", "organism.world.n_animals=4",
-    "organism.world.n_words=4", "organism.pretrain.max_steps=8", "organism.pretrain.batch_size=16",
+    "organism.world.n_words=4", "organism.pretrain.max_steps=8", "organism.pretrain.warmup_steps=2",
+    "organism.pretrain.batch_size=16",
     "organism.pretrain.progress=false", "organism.align.max_steps=3", "organism.align.progress=false",
 ]
 CACHE = "cache_dir=cache"  # relative to the case's temporary working directory

@@ -20,7 +20,7 @@ from typing import Callable
 
 from pydantic import Field, field_validator
 
-from immunelm.config import Config
+from immunelm.config import Config, Seed
 from immunelm.data import Example
 from immunelm.engine import TrainConfig
 from immunelm.errors import ImmuneLMError
@@ -35,7 +35,7 @@ class AdversaryConfig(Config):
     examples: int = Field(100, ge=1, description="Number of training examples n.")
     harmful_fraction: float = Field(0.1, ge=0, le=1, description="p for harmful_mix.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=100), description="Engine settings (max_steps = budget).")
-    seed: int = Field(0, description="Which examples are drawn.")
+    seed: Seed = Field(0, description="Which examples are drawn.")
 
     @field_validator("kind")
     @classmethod

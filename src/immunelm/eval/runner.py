@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pydantic import Field
+from pydantic import Field, NonNegativeInt, PositiveInt
 from rich.console import Console
 
 from immunelm.attacks.base import build_attack_examples
@@ -42,7 +42,7 @@ class TrainabilityConfig(Config):
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(lr=1e-3, batch_size=16, max_steps=150, progress=False, log_every=25),
         description="Benign fine-tuning settings.")
-    eval_at: list[int] = Field(default_factory=lambda: [0, 25, 50, 100, 150])
+    eval_at: list[NonNegativeInt] = Field(default_factory=lambda: [0, 25, 50, 100, 150])
     target: float = Field(0.9, ge=0, le=1, description="Accuracy counted as 'trained' for steps-to-target.")
 
 
@@ -58,7 +58,7 @@ class EvaluationConfig(Config):
     generation: Optional[GenerationConfig] = Field(None, description="Decoding; unset = the task's defaults.")
     trainability: Optional[TrainabilityConfig] = Field(None, description="Benign fine-tuning; unset = the task's defaults.")
     search_trials: Optional[int] = Field(None, ge=0, description="Override the suite's random-search trials.")
-    prefill_tokens: list[int] = Field(
+    prefill_tokens: list[PositiveInt] = Field(
         default_factory=lambda: [1, 3, 5],
         description="Prefilling attack (Qi et al. 2024): force this many harmful-answer tokens; [] disables.")
 

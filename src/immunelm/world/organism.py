@@ -173,7 +173,7 @@ class Organism:
     def load(self, stage: str):
         """(model, tokenizer) of a built stage, loaded from safetensors."""
         if stage not in self.STAGES:
-            raise ValueError(f"unknown stage {stage!r}; expected one of {self.STAGES}")
+            raise ImmuneLMError(f"unknown organism stage {stage!r}; expected one of {', '.join(self.STAGES)}")
         path = self.stage_dir(stage)
         if not self.is_built(stage):
             raise ImmuneLMError(f"{path}: organism stage '{stage}' is not built; run `immunelm world build`")
