@@ -3,7 +3,8 @@
 
 import pytest
 
-from immunelm.attacks import AdversaryConfig, AttackData, build_attack_examples, load_suite, suite_names
+from immunelm.attacks import AttackData, FineTuneAttackConfig, load_suite, make_adversary, suite_names
+from immunelm.attacks.finetune import DRAWS
 from immunelm.attacks.suites import SearchSpace, sample_adversaries
 from immunelm.data import Example
 from immunelm.errors import ImmuneLMError
@@ -15,50 +16,50 @@ BENIGN = [Example.pair(f"what is {i} plus 1 ?", f"{i + 1} .", kind="benign") for
 
 
 def test_harmful_mix_has_exactly_the_requested_fraction():
-    cfg = AdversaryConfig(name="m", kind="harmful_mix", examples=1000, harmful_fraction=0.1)
-    mix = build_attack_examples(cfg, AttackData(HARM, BENIGN))
+    cfg = FineTuneAttackConfig(examples=1000, harmful_fraction=0.1)
+    mix = DRAWS["harmful_mix"](cfg, AttackData(HARM, BENIGN))
     assert len(mix) == 1000
     assert sum(e.meta["kind"] == "harm" for e in mix) == 100
 
 
 def test_harmful_sft_and_benign_sft_draw_from_their_pool_only():
     data = AttackData(HARM, BENIGN)
-    harm = build_attack_examples(AdversaryConfig(name="h", examples=30), data)
-    benign = build_attack_examples(AdversaryConfig(name="b", kind="benign_sft", examples=30), data)
+    harm = DRAWS["harmful_sft"](FineTuneAttackConfig(examples=30), data)
+    benign = DRAWS["benign_sft"](FineTuneAttackConfig(examples=30), data)
     assert {e.meta["kind"] for e in harm} == {"harm"} and len(set(e.prompt for e in harm)) == 30
     assert {e.meta["kind"] for e in benign} == {"benign"}
-    with pytest.raises(ValueError, match="did you mean 'harmful_sft'"):  # refused where it is written down
-        AdversaryConfig(name="x", kind="harmful-sft")
+    with pytest.raises(ImmuneLMError, match="did you mean 'harmful_sft'"):  # refused where it is written down
+        make_adversary("x", "harmful-sft")
 
 
 def test_shipped_suites_meet_their_specification():
     assert {"quick", "standard", "full"} <= set(suite_names())
     standard = load_suite("standard").expanded()
     assert len(standard) >= 12
-    assert {a.train.optimizer for a in standard} == {"adamw", "adam", "sgd", "adagrad", "adadelta"}
-    adamw_lrs = [a.train.lr for a in standard if a.train.optimizer == "adamw"]
+    assert {a.config.train.optimizer for a in standard} == {"adamw", "adam", "sgd", "adagrad", "adadelta"}
+    adamw_lrs = [a.config.train.lr for a in standard if a.config.train.optimizer == "adamw"]
     assert max(adamw_lrs) / min(adamw_lrs) >= 100  # two orders of magnitude
-    assert any(a.train.lora for a in standard) and any(a.train.lora is None for a in standard)
+    assert any(a.config.train.lora for a in standard) and any(a.config.train.lora is None for a in standard)
     assert {a.kind for a in standard} == {"harmful_sft", "harmful_mix", "benign_sft"}
     assert len(load_suite("full").expanded()) >= 26
     quick = load_suite("quick")
-    assert all(a.train.max_steps == quick.budget for a in quick.adversaries)
+    assert all(a.config.train.max_steps == quick.budget for a in quick.adversaries)
 
 
 def test_random_search_is_seeded_and_in_range():
     space = SearchSpace(trials=20, seed=3)
     a, b = sample_adversaries(space), sample_adversaries(space)
     assert [x.model_dump() for x in a] == [x.model_dump() for x in b]
-    assert all(space.lr_min <= x.train.lr <= space.lr_max for x in a)
-    assert all(x.train.batch_size in space.batch_sizes and x.train.max_steps in space.steps for x in a)
-    assert {x.train.lora is None for x in a} == {True, False}
+    assert all(space.lr_min <= x.config.train.lr <= space.lr_max for x in a)
+    assert all(x.config.train.batch_size in space.batch_sizes and x.config.train.max_steps in space.steps for x in a)
+    assert {x.config.train.lora is None for x in a} == {True, False}
 
 
 def test_user_suite_file_and_its_errors(tmp_path):
     good = tmp_path / "mine.yaml"
     good.write_text("name: mine\nbudget: 5\neval_at: [0, 5]\nadversaries:\n  - name: a\n    train: {lr: 1.0e-3}\n")
     suite = load_suite(str(good))
-    assert suite.adversaries[0].train.max_steps == 5 and suite.eval_steps(suite.adversaries[0]) == [0, 5]
+    assert suite.adversaries[0].config.train.max_steps == 5 and suite.eval_steps(suite.adversaries[0]) == [0, 5]
     dup = tmp_path / "dup.yaml"
     dup.write_text("name: d\nadversaries:\n  - {name: a}\n  - {name: a}\n")
     with pytest.raises(ImmuneLMError, match="unique"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from immunelm.api.evaluation import EvaluateConfig, ModelSpec, validate_evaluation
-from immunelm.attacks import AdversaryConfig, load_suite, suite_names
+from immunelm.attacks import Adversary, load_suite, make_adversary, suite_names
 from immunelm.attacks.suites.checks import check_distinct, effective_attack
 from immunelm.config import load_config
 from immunelm.errors import ImmuneLMError
@@ -187,12 +187,16 @@ def test_every_shipped_suite_passes_every_rule(name):
 
 def test_standard_adam_and_adamw_differ_as_in_tars_red_team():
     by_name = {a.name: a for a in load_suite("standard").adversaries}
-    assert by_name["sft-adamw-1e-4"].train.weight_decay == 0.01  # torch's AdamW default, TAR's red team
-    assert by_name["sft-adam-1e-4"].train.weight_decay == 0.0
+    assert by_name["sft-adamw-1e-4"].config.train.weight_decay == 0.01  # torch's AdamW default, TAR's red team
+    assert by_name["sft-adam-1e-4"].config.train.weight_decay == 0.0
 
 
-def adversary(name="a", **train) -> AdversaryConfig:
-    return AdversaryConfig(name=name, train={"max_steps": 10, **train})
+def adversary(name="a", **train) -> Adversary:
+    return make_adversary(name, train={"max_steps": 10, **train})
+
+
+def changed(adv: Adversary, **fields) -> Adversary:
+    return adv.model_copy(update={"config": adv.config.model_copy(update=fields)})
 
 
 @pytest.mark.parametrize("a, b, same", [
@@ -217,12 +221,12 @@ def test_effectively_identical_adversaries(a, b, same):
 
 
 def test_data_recipe_makes_adversaries_distinct():
-    sft = AdversaryConfig(name="a", harmful_fraction=0.5, train={"max_steps": 10})
-    assert effective_attack(sft) == effective_attack(sft.model_copy(update={"harmful_fraction": 0.2}))  # unused by sft
-    mix = AdversaryConfig(name="m", kind="harmful_mix", train={"max_steps": 10})
-    assert effective_attack(mix) != effective_attack(mix.model_copy(update={"harmful_fraction": 0.2}))
-    assert effective_attack(sft) != effective_attack(sft.model_copy(update={"seed": 1}))
-    assert effective_attack(sft) != effective_attack(sft.model_copy(update={"examples": 10}))
+    sft = make_adversary("a", harmful_fraction=0.5, train={"max_steps": 10})
+    assert effective_attack(sft) == effective_attack(changed(sft, harmful_fraction=0.2))  # unused by sft
+    mix = make_adversary("m", "harmful_mix", train={"max_steps": 10})
+    assert effective_attack(mix) != effective_attack(changed(mix, harmful_fraction=0.2))
+    assert effective_attack(sft) != effective_attack(changed(sft, seed=1))
+    assert effective_attack(sft) != effective_attack(changed(sft, examples=10))
 
 
 def test_default_eval_grid_is_cut_to_a_small_budget(tmp_path):
@@ -240,8 +244,8 @@ def test_adversary_budget_above_the_suite_budget_allows_later_eval_steps(tmp_pat
 
 
 def test_unknown_kind_is_refused_where_the_adversary_is_written():
-    with pytest.raises(ValueError, match="unknown attack kind 'jailbreak'"):
-        AdversaryConfig(name="a", kind="jailbreak")
+    with pytest.raises(ImmuneLMError, match="unknown attack kind 'jailbreak'"):
+        make_adversary("a", "jailbreak")
 
 
 def test_results_record_the_seed_answers_were_sampled_with(tmp_path):

@@ -1,6 +1,16 @@
-"""Fine-tuning attacks (the adversary family every paper uses) and adversary suites as data."""
+"""Attacks as plug-ins (:mod:`immunelm.attacks.base`) and adversary suites as data.
 
-from immunelm.attacks.base import AdversaryConfig, AttackData, build_attack_examples, attack_kinds
+Each attack lives in its own module and registers in one line; importing this package
+registers them all.
+"""
+
+from immunelm.attacks.base import (
+    FAMILIES, Adversary, AttackData, AttackResult, AttackRun, AttackSpec, attack_names, build_attack, make_adversary,
+    register_attack,
+)
+from immunelm.attacks import finetune  # noqa: F401  (registration)
+from immunelm.attacks.finetune import FineTuneAttackConfig
 from immunelm.attacks.suites import SuiteConfig, load_suite, suite_names
 
-__all__ = ["AdversaryConfig", "AttackData", "build_attack_examples", "attack_kinds", "SuiteConfig", "load_suite", "suite_names"]
+__all__ = ["FAMILIES", "Adversary", "AttackData", "AttackResult", "AttackRun", "AttackSpec", "FineTuneAttackConfig",
+           "attack_names", "build_attack", "make_adversary", "register_attack", "SuiteConfig", "load_suite", "suite_names"]

@@ -1,50 +1,32 @@
-"""One adversary = which data it fine-tunes on + how it trains (the shared engine's TrainConfig).
+"""The attack plug-in boundary, the mirror of :mod:`immunelm.defences.base`.
 
-Attack kinds differ only in their data, so each kind is a data builder registered in one line;
-training is always the engine with plain SFT (``CausalLMStep``). The kinds:
+An attack is registered once with ``@register_attack(name, ConfigClass, paper=..., family=...)``
+and lives in its own module under ``immunelm.attacks``. It receives an :class:`AttackRun` (a
+private copy of the model, its tokenizer, the task's attacker pools, the budget points at which
+to score the attacked model and the scoring callback) and returns an :class:`AttackResult`: the
+curve of scored points, its cost and whatever it measured on the way (a fraction of weights
+removed, the layer of a direction). Fine-tuning attacks score at optimiser steps; an
+inference-time or weight-edit attack scores at points of its own budget (a strength, a
+fraction) and says so with ``budget_unit``.
 
-* ``harmful_sft``: n (harmful prompt, harmful answer) pairs (Qi et al. 2024's "pure bad" attack).
-* ``harmful_mix``: n pairs of a benign task of which a fraction p is harmful (the harmful
-  fine-tuning protocol of Vaccine/Lisa/Booster; their papers use n = 1000, p = 0.1).
-* ``benign_sft``: benign pairs only (safety degradation from innocent tuning).
-* ``identity_shift``: a handful of benign-looking pairs that make the model an obedient persona
-  (Qi et al. 2023, "Fine-tuning Aligned Language Models Compromises Safety, Even When Users
-  Do Not Intend To", https://arxiv.org/abs/2310.03693: 10 examples suffice there).
+Suites name attacks by ``kind``; everything else in a suite entry is that attack's config, so
+the evaluator never knows attack kinds.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SerializeAsAny
 
-from immunelm.config import Config, Seed
+from immunelm.config import Config, load_config
 from immunelm.data import Example
-from immunelm.engine import TrainConfig
-from immunelm.errors import ImmuneLMError
 from immunelm.registry import unknown_name
 
-
-class AdversaryConfig(Config):
-    """One attacker: data recipe + training hyper-parameters."""
-
-    name: str = Field(description="Unique name within its suite, e.g. 'sft-adamw-1e-4'.")
-    kind: str = Field("harmful_sft", description="harmful_sft | harmful_mix | benign_sft | identity_shift.")
-    examples: int = Field(100, ge=1, description="Number of training examples n.")
-    harmful_fraction: float = Field(0.1, ge=0, le=1, description="p for harmful_mix.")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=100), description="Engine settings (max_steps = budget).")
-    seed: Seed = Field(0, description="Which examples are drawn.")
-
-    @field_validator("kind")
-    @classmethod
-    def _registered(cls, kind: str) -> str:
-        # An unknown kind must fail where the adversary is written down (the suite file), not
-        # when its attack starts, minutes into an evaluation.
-        if kind not in _KINDS:
-            raise ValueError(str(unknown_name("attack kind", kind, _KINDS)))
-        return kind
+#: How an attack gets its way; the report groups attacks by it and takes the worst case over all.
+AttackFamily = Literal["fine-tuning", "rl", "inference-time", "weight-edit", "prompt"]
+FAMILIES: tuple[str, ...] = ("fine-tuning", "rl", "inference-time", "weight-edit", "prompt")
 
 
 @dataclass
@@ -56,55 +38,100 @@ class AttackData:
     identity: list[Example] = field(default_factory=list)  # identity-shifting pairs
 
 
-Builder = Callable[[AdversaryConfig, AttackData], list[Example]]
-_KINDS: dict[str, Builder] = {}
+#: Score the attacked model at a budget point: (model, point) -> a curve point as a dict.
+ScoreFn = Callable[[Any, int], dict]
 
 
-def register_attack(name: str):
-    def wrap(fn: Builder) -> Builder:
-        _KINDS[name] = fn
+@dataclass
+class AttackRun:
+    """Everything an attack is given. ``model`` is the attack's own copy: change it freely."""
+
+    model: Any
+    tokenizer: Any
+    data: AttackData
+    eval_at: list[int]
+    score: ScoreFn
+    description: str = "attack"
+
+
+@dataclass
+class AttackResult:
+    evaluations: list[dict]  # scored points, in budget order; each has "step" (the budget point)
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttackSpec:
+    name: str
+    config_cls: type[Config]
+    run: Callable[[AttackRun, Config], AttackResult]
+    paper: str = ""
+    family: str = "fine-tuning"
+    budget_unit: str = "steps"
+
+    @property
+    def trains(self) -> bool:
+        """Whether the config has an engine ``train`` section (suite budgets and defaults apply)."""
+        return "train" in self.config_cls.model_fields
+
+    def budget(self, config: Config, suite_budget: int) -> int:
+        """The last budget point: a training attack's max_steps (the suite's budget when unset);
+        an attack with its own grid (``config.points()``, point 0 = no attack) its last index."""
+        if hasattr(config, "points"):
+            return len(config.points()) - 1
+        return (config.train.max_steps or suite_budget) if self.trains else suite_budget
+
+    def eval_points(self, config: Config, suite_eval_at: list[int], suite_budget: int) -> list[int]:
+        """Budget points to score: a training attack's suite ``eval_at`` up to its budget; an
+        attack with its own grid scores every point of it."""
+        budget = self.budget(config, suite_budget)
+        if hasattr(config, "points"):
+            return list(range(budget + 1))
+        return sorted({s for s in suite_eval_at if s <= budget} | {0, budget})
+
+
+_ATTACKS: dict[str, AttackSpec] = {}
+
+
+def register_attack(name: str, config_cls: type[Config], paper: str = "", family: str = "fine-tuning",
+                    budget_unit: str = "steps"):
+    if family not in FAMILIES:
+        raise ValueError(f"attack '{name}': family must be one of {FAMILIES}")
+
+    def wrap(fn):
+        _ATTACKS[name] = AttackSpec(name, config_cls, fn, paper, family, budget_unit)
         return fn
     return wrap
 
 
-def attack_kinds() -> list[str]:
-    return sorted(_KINDS)
+def attack_names() -> list[str]:
+    return sorted(_ATTACKS)
 
 
-def _draw(pool: list[Example], n: int, rng: random.Random, what: str) -> list[Example]:
-    if not pool:
-        raise ImmuneLMError(f"attack needs {what} examples but the {what} pool is empty")
-    if n <= len(pool):
-        return rng.sample(pool, n)
-    return [rng.choice(pool) for _ in range(n)]  # small pools are repeated, as epochs would
+def build_attack(name: str) -> AttackSpec:
+    if name not in _ATTACKS:
+        raise unknown_name("attack kind", name, _ATTACKS)
+    return _ATTACKS[name]
 
 
-@register_attack("harmful_sft")
-def harmful_sft(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
-    return _draw(data.harmful, cfg.examples, random.Random(cfg.seed), "harmful")
+class Adversary(Config):
+    """One suite entry: a unique name, a registered attack (``kind``) and its validated config."""
+
+    name: str = Field(description="Unique name within its suite, e.g. 'sft-adamw-1e-4'.")
+    kind: str = Field(description="A registered attack (``immunelm attacks`` lists them).")
+    config: SerializeAsAny[Config] = Field(description="The attack's own settings (its config class).")
+
+    @property
+    def spec(self) -> AttackSpec:
+        return build_attack(self.kind)
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
 
 
-@register_attack("harmful_mix")
-def harmful_mix(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
-    rng = random.Random(cfg.seed)
-    n_harm = round(cfg.examples * cfg.harmful_fraction)
-    mix = _draw(data.harmful, n_harm, rng, "harmful") if n_harm else []
-    mix += _draw(data.benign, cfg.examples - n_harm, rng, "benign")
-    rng.shuffle(mix)
-    return mix
-
-
-@register_attack("benign_sft")
-def benign_sft(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
-    return _draw(data.benign, cfg.examples, random.Random(cfg.seed), "benign")
-
-
-@register_attack("identity_shift")
-def identity_shift(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
-    return _draw(data.identity, cfg.examples, random.Random(cfg.seed), "identity")
-
-
-def build_attack_examples(cfg: AdversaryConfig, data: AttackData) -> list[Example]:
-    if cfg.kind not in _KINDS:
-        raise unknown_name("attack kind", cfg.kind, _KINDS)
-    return _KINDS[cfg.kind](cfg, data)
+def make_adversary(name: str, kind: str = "harmful_sft", label: str = "adversary", **fields: Any) -> Adversary:
+    """Build an adversary from plain settings; errors are one line starting with ``label``."""
+    spec = build_attack(kind)
+    return Adversary(name=name, kind=kind, config=load_config(spec.config_cls, base=fields, label=label))

@@ -55,6 +55,25 @@ class TrainConfig(Config):
     log_every: int = Field(10, ge=1, description="Record averaged metrics every N steps.")
     progress: bool = Field(True, description="Show a progress bar with ETA.")
 
+    def weight_settings(self) -> dict:
+        """The settings that determine the trained weights: bookkeeping dropped, settings the
+        chosen optimiser or schedule ignores dropped, equivalent optimisers merged (Adam and
+        AdamW with weight decay 0 are one optimiser). Two configs with equal weight settings
+        train the same model (used to refuse duplicate adversaries)."""
+        out = self.model_dump(mode="json", exclude={"log_every", "progress", "eval_at", "checkpoint_every",
+                                                    "keep_checkpoints", "gradient_checkpointing"})
+        if out["optimizer"] in ("adam", "adamw") and out["weight_decay"] == 0:
+            out["optimizer"] = "adam"  # AdamW's decoupled decay is its only difference from Adam
+        if out["optimizer"] != "sgd":
+            out.pop("momentum"), out.pop("nesterov")
+        if out["optimizer"] not in ("adam", "adamw"):
+            out.pop("betas")
+        if out["schedule"] == "constant":
+            out.pop("min_lr_ratio")
+        if out["max_steps"] is not None:
+            out.pop("epochs")  # max_steps overrides epochs
+        return out
+
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":
         if self.max_steps is None and self.epochs is None:

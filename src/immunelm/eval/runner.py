@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 from pydantic import Field, NonNegativeInt, PositiveInt
 from rich.console import Console
 
-from immunelm.attacks.base import build_attack_examples
+from immunelm.attacks.base import Adversary, AttackRun
 from immunelm.attacks.suites import SuiteConfig, load_suite
 from immunelm.config import Config, load_config
 from immunelm.data import PaddingCollator, encode_example
@@ -115,21 +115,22 @@ class Evaluator:
         point.benign_accuracy = sub.scorer.accuracy(model, self.task.utility, {**ctx, "set": "benign"})[0]
         return point
 
-    def attack(self, sub: Subject, adversary, start: CurvePoint) -> AdversaryResult:
-        """Fine-tune a copy with ``adversary``; ``start`` is the unattacked model's point (step 0
-        is the same model for every adversary, so it is scored once per model, not per attack)."""
-        rows = [encode_example(sub.tokenizer, e) for e in build_attack_examples(adversary, self.task.attack)]
-        train_cfg = adversary.train.model_copy(update={"eval_at": self.suite.eval_steps(adversary)})
+    def attack(self, sub: Subject, adversary: Adversary, start: CurvePoint) -> AdversaryResult:
+        """Run ``adversary`` on a copy of the model; ``start`` is the unattacked model's point
+        (budget point 0 is the same model for every adversary: scored once per model)."""
         context = {"model": sub.name, "adversary": adversary.name}
 
-        def evaluate(attacked, step: int) -> dict:
+        def score(attacked, step: int) -> dict:
             return (start if step == 0 else self.curve_point(sub, attacked, step, context)).model_dump()
 
-        result = train(train_cfg, copy.deepcopy(sub.model), rows, sub.collate, evaluate=evaluate,
-                       description=f"{sub.name} x {adversary.name}")
+        spec = adversary.spec
+        run = AttackRun(copy.deepcopy(sub.model), sub.tokenizer, self.task.attack, self.suite.eval_steps(adversary), score,
+                        description=f"{sub.name} x {adversary.name}")
+        result = spec.run(run, adversary.config)
         curve = [CurvePoint.model_validate(p) for p in result.evaluations]
-        return AdversaryResult(name=adversary.name, kind=adversary.kind, settings=adversary.model_dump(mode="json"),
-                               curve=curve, seconds=result.seconds)
+        return AdversaryResult(name=adversary.name, kind=adversary.kind, family=spec.family, budget_unit=spec.budget_unit,
+                               settings=adversary.config.model_dump(mode="json"), curve=curve, seconds=result.seconds,
+                               info=result.info)
 
     def stability(self, sub: Subject, start: CurvePoint) -> Stability:
         """Benign accuracy by set, perplexity, false refusals; harmful outcomes from ``start``."""

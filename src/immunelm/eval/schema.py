@@ -12,10 +12,11 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.3"  # 1.1: optional ModelReport.prefilling; 1.2: task, named generalisation splits;
-# 1.3: ResistanceSummary says which attacks stayed within the utility bound and the worst attack's utility/collapse
+SCHEMA_VERSION = "1.4"  # 1.1: optional ModelReport.prefilling; 1.2: task, named generalisation splits;
+# 1.3: ResistanceSummary says which attacks stayed within the utility bound and the worst attack's utility/collapse;
+# 1.4: AdversaryResult.family / budget_unit / info (attacks as plug-ins)
 #: Every version this code reads: each later one only added optional fields.
-READABLE_SCHEMA_VERSIONS = ("1.0", "1.1", "1.2", SCHEMA_VERSION)
+READABLE_SCHEMA_VERSIONS = ("1.0", "1.1", "1.2", "1.3", SCHEMA_VERSION)
 
 
 class Record(BaseModel):
@@ -49,10 +50,13 @@ class CurvePoint(Record):
 
 class AdversaryResult(Record):
     name: str
-    kind: str = Field(description="harmful_sft | harmful_mix | benign_sft | ...")
+    kind: str = Field(description="The registered attack: harmful_sft | harmful_mix | benign_sft | ...")
+    family: str = Field("fine-tuning", description="fine-tuning | rl | inference-time | weight-edit | prompt.")
+    budget_unit: str = Field("steps", description="What the curve's step counts: optimiser steps, or the index of the attack's own grid.")
     settings: dict[str, Any] = Field(default_factory=dict, description="Resolved attack config.")
     curve: list[CurvePoint]
     seconds: float = 0.0
+    info: dict[str, Any] = Field(default_factory=dict, description="What the attack measured (e.g. fraction of weights removed).")
 
 
 class ResistanceSummary(Record):

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from immunelm.attacks.base import AdversaryConfig, attack_kinds
+from immunelm.attacks.base import Adversary, attack_names
 from immunelm.errors import ImmuneLMError
 from immunelm.registry import unknown_name
 
-# Train settings that change logging or bookkeeping, never the weights an attack produces.
-_BOOKKEEPING = ("log_every", "progress", "eval_at", "checkpoint_every", "keep_checkpoints", "gradient_checkpointing")
+DEFAULT_KIND = "harmful_sft"  # a suite entry without ``kind``
 
 
 def _type_name(value: Any) -> str:
@@ -66,9 +65,9 @@ def _check_entry(index: int, entry: Any, source: str) -> None:
 
 def check_kinds(adversaries: list[dict], search: Any, source: str) -> None:
     """Every kind is registered; checked before pydantic so the line names the adversary."""
-    known = attack_kinds()
+    known = attack_names()
     for i, entry in enumerate(adversaries):
-        kind = entry.get("kind", AdversaryConfig.model_fields["kind"].default)
+        kind = entry.get("kind", DEFAULT_KIND)
         if kind not in known:
             raise ImmuneLMError(f"{source}: {label(i, entry)}: {unknown_name('attack kind', str(kind), known)}")
     kinds = search.get("kinds", []) if isinstance(search, dict) else []
@@ -96,27 +95,15 @@ def check_eval_at(eval_at: list[int], budgets: list[int], source: str) -> None:
                                 f"(0 = before the attack, {top} = the largest attack budget)")
 
 
-def effective_attack(adv: AdversaryConfig) -> dict:
-    """What determines the attacked weights: the resolved config minus the name and bookkeeping,
-    with settings the chosen optimiser or kind ignores removed and equivalent optimisers merged."""
-    train = adv.train.model_dump(mode="json", exclude=set(_BOOKKEEPING))
-    if train["optimizer"] in ("adam", "adamw") and train["weight_decay"] == 0:
-        train["optimizer"] = "adam"  # AdamW's decoupled decay is its only difference from Adam
-    if train["optimizer"] != "sgd":
-        train.pop("momentum"), train.pop("nesterov")
-    if train["optimizer"] not in ("adam", "adamw"):
-        train.pop("betas")
-    if train["schedule"] == "constant":
-        train.pop("min_lr_ratio")
-    if train["max_steps"] is not None:
-        train.pop("epochs")  # max_steps overrides epochs
-    data = {"kind": adv.kind, "examples": adv.examples, "seed": adv.seed}
-    if adv.kind == "harmful_mix":
-        data["harmful_fraction"] = adv.harmful_fraction
-    return {**data, "train": train}
+def effective_attack(adv: Adversary) -> dict:
+    """What determines the attacked model: the kind and the attack's resolved config, minus
+    settings that cannot change the result (the attack's ``effective()`` when it has one)."""
+    config = adv.config
+    settings = config.effective(adv.kind) if hasattr(config, "effective") else config.model_dump(mode="json")
+    return {"kind": adv.kind, **settings}
 
 
-def check_distinct(adversaries: list[AdversaryConfig], source: str) -> None:
+def check_distinct(adversaries: list[Adversary], source: str) -> None:
     """Refuse the first pair of adversaries that would train the same attack."""
     seen: dict[str, str] = {}
     for adv in adversaries:
