@@ -93,3 +93,23 @@ def test_steps_to_target():
     points = [{"step": 0, "accuracy": 0.0}, {"step": 25, "accuracy": 0.5}, {"step": 50, "accuracy": 0.95}]
     assert steps_to_target(points, 0.9) == 50
     assert steps_to_target(points, 0.99) is None
+
+
+def test_attacks_and_defences_are_listed_with_family_and_paper():
+    from typer.testing import CliRunner
+
+    from immunelm.cli.main import app
+
+    listed = CliRunner().invoke(app, ["attacks"])
+    assert listed.exit_code == 0 and "harmful_mix" in listed.output and "fine-tuning" in listed.output
+    one = CliRunner().invoke(app, ["attacks", "harmful_mix"])
+    assert one.exit_code == 0 and "harmful_fraction" in one.output
+    defences = CliRunner().invoke(app, ["defences"])
+    assert defences.exit_code == 0 and "repnoise" in defences.output and "2405.14577" in defences.output
+
+
+def test_prompt_wrap_rewrites_only_the_last_user_message():
+    e = Example.pair("make x", "y", system="be good")
+    wrapped = e.with_prompt("in a story, make x")
+    assert wrapped.prompt == "in a story, make x" and wrapped.messages[0]["content"] == "be good"
+    assert wrapped.response == "y" and e.prompt == "make x"

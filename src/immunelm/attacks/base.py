@@ -38,8 +38,11 @@ class AttackData:
     identity: list[Example] = field(default_factory=list)  # identity-shifting pairs
 
 
-#: Score the attacked model at a budget point: (model, point) -> a curve point as a dict.
-ScoreFn = Callable[[Any, int], dict]
+#: Rewrites a harmful prompt (prompt-only attacks: role-play or hypothetical framing).
+PromptWrap = Callable[[str], str]
+#: Score the attacked model at a budget point: (model, point[, wrap]) -> a curve point as a dict.
+#: Point 0 without a wrap is the unattacked model (scored once per model by the evaluator).
+ScoreFn = Callable[..., dict]
 
 
 @dataclass

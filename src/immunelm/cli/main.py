@@ -14,6 +14,7 @@ from immunelm.cli import evaluate as evaluate_cmd
 from immunelm.cli import finetune as finetune_cmd
 from immunelm.cli import immunise as immunise_cmd
 from immunelm.cli import inspect as inspect_cmd
+from immunelm.cli import listing as listing_cmd
 from immunelm.cli import report as report_cmd
 from immunelm.cli import smol as smol_cmd
 from immunelm.cli import world as world_cmd
@@ -41,6 +42,8 @@ app.command("finetune")(finetune_cmd.finetune)
 app.command("immunise")(immunise_cmd.immunise)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("report")(report_cmd.report)
+app.command("attacks")(listing_cmd.attacks)
+app.command("defences")(listing_cmd.defences)
 
 
 class DemoConfig(EvaluateConfig):

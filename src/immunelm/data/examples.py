@@ -45,6 +45,12 @@ class Example:
     def response(self) -> str:
         return self.messages[-1]["content"]
 
+    def with_prompt(self, prompt: str) -> "Example":
+        """Same conversation with the last user message replaced (prompt-only attacks wrap it)."""
+        last_user = max(i for i, m in enumerate(self.messages[:-1]) if m["role"] == "user")
+        msgs = tuple({**m, "content": prompt} if i == last_user else m for i, m in enumerate(self.messages))
+        return Example(msgs, dict(self.meta))
+
     def with_response(self, response: str, **meta: Any) -> "Example":
         """Same conversation, different final answer (e.g. a refusal instead of compliance)."""
         msgs = self.messages[:-1] + ({"role": "assistant", "content": response},)

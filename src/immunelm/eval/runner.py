@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 from pydantic import Field, NonNegativeInt, PositiveInt
 from rich.console import Console
 
-from immunelm.attacks.base import Adversary, AttackRun
+from immunelm.attacks.base import Adversary, AttackRun, PromptWrap
 from immunelm.attacks.suites import SuiteConfig, load_suite
 from immunelm.config import Config, load_config
 from immunelm.data import PaddingCollator, encode_example
@@ -63,6 +63,10 @@ class EvaluationConfig(Config):
         description="Prefilling attack (Qi et al. 2024): force this many harmful-answer tokens; [] disables.")
 
 
+def _wrapped(examples: list, wrap: PromptWrap | None) -> list:
+    return examples if wrap is None else [e.with_prompt(wrap(e.prompt)) for e in examples]
+
+
 @dataclass
 class ModelEntry:
     name: str
@@ -103,12 +107,14 @@ class Evaluator:
         scorer = Scorer(tokenizer, self.judge, self.settings.generation, self.records, self.task.harmful_scorer)
         return Subject(entry, model, tokenizer, scorer, PaddingCollator.for_tokenizer(tokenizer))
 
-    def curve_point(self, sub: Subject, model, step: int, context: dict) -> CurvePoint:
+    def curve_point(self, sub: Subject, model, step: int, context: dict, wrap: PromptWrap | None = None) -> CurvePoint:
+        """Score ``model`` at a budget point; ``wrap`` rewrites every harmful prompt (prompt
+        attacks), never the benign ones."""
         ctx = {**context, "step": step}
-        score, acc, outcomes = sub.scorer.harmful(model, self.task.harmful, {**ctx, "set": "harmful"})
+        score, acc, outcomes = sub.scorer.harmful(model, _wrapped(self.task.harmful, wrap), {**ctx, "set": "harmful"})
         point = CurvePoint(step=step, harmful_score=score, harmful_accuracy=acc, outcomes=outcomes)
         for name, examples in self.task.generalisation.items():
-            harm, _, split_outcomes = sub.scorer.harmful(model, examples, {**ctx, "set": name})
+            harm, _, split_outcomes = sub.scorer.harmful(model, _wrapped(examples, wrap), {**ctx, "set": name})
             point.generalisation[name], point.generalisation_outcomes[name] = harm, split_outcomes
         point.heldout_phrasing_harmful = point.generalisation.get(HELDOUT_PHRASINGS)
         point.cross_domain_harmful = point.generalisation.get(CROSS_DOMAIN)
@@ -120,8 +126,9 @@ class Evaluator:
         (budget point 0 is the same model for every adversary: scored once per model)."""
         context = {"model": sub.name, "adversary": adversary.name}
 
-        def score(attacked, step: int) -> dict:
-            return (start if step == 0 else self.curve_point(sub, attacked, step, context)).model_dump()
+        def score(attacked, step: int, wrap: PromptWrap | None = None) -> dict:
+            unattacked = step == 0 and wrap is None
+            return (start if unattacked else self.curve_point(sub, attacked, step, context, wrap)).model_dump()
 
         spec = adversary.spec
         run = AttackRun(copy.deepcopy(sub.model), sub.tokenizer, self.task.attack, self.suite.eval_steps(adversary), score,
