@@ -55,6 +55,7 @@ class AttackRun:
     eval_at: list[int]
     score: ScoreFn
     description: str = "attack"
+    judge: Any = None  # the evaluation's judge (``judge.judge([JudgeSample])``): rewards for RL attacks
 
 
 @dataclass

@@ -132,7 +132,7 @@ class Evaluator:
 
         spec = adversary.spec
         run = AttackRun(copy.deepcopy(sub.model), sub.tokenizer, self.task.attack, self.suite.eval_steps(adversary), score,
-                        description=f"{sub.name} x {adversary.name}")
+                        description=f"{sub.name} x {adversary.name}", judge=self.judge)
         result = spec.run(run, adversary.config)
         curve = [CurvePoint.model_validate(p) for p in result.evaluations]
         return AdversaryResult(name=adversary.name, kind=adversary.kind, family=spec.family, budget_unit=spec.budget_unit,
