@@ -89,6 +89,17 @@ def test_resistance_summary_matches_definitions():
     assert summarise_resistance(results[:1], 0.2, 0.1).weak_resistance is True
 
 
+def test_worst_case_is_taken_over_every_family_and_reported_per_family():
+    steered = curve("steer", [0.0, 0.3, 0.95], [1.0, 1.0, 0.97]).model_copy(
+        update={"kind": "steering", "family": "inference-time", "budget_unit": "strength"})
+    results = [curve("sft", [0.0, 0.5, 0.7], [1.0, 1.0, 1.0]), curve("sft2", [0.0, 0.1, 0.2], [1.0, 1.0, 1.0]), steered]
+    s = summarise_resistance(results, threshold=0.2, epsilon=0.1)
+    assert s.worst_adversary == "steer" and s.worst_final_harmful == 0.95
+    assert s.worst_by_family == {"fine-tuning": 0.7, "inference-time": 0.95}
+    assert s.worst_adversary_by_family == {"fine-tuning": "sft", "inference-time": "steer"}
+    assert s.budget == 100  # T counts optimiser steps only, never a grid index
+
+
 def test_steps_to_target():
     points = [{"step": 0, "accuracy": 0.0}, {"step": 25, "accuracy": 0.5}, {"step": 50, "accuracy": 0.95}]
     assert steps_to_target(points, 0.9) == 50

@@ -51,9 +51,13 @@ def print_summary(report: EvaluationReport) -> None:
         )
     out.print(table)
     for m in report.models:
-        for a in m.resistance:
+        for a in sorted(m.resistance, key=lambda a: a.family):  # grouped by attack family
             curve = "  ".join(f"{p.step}:{p.harmful_score:.2f}" for p in a.curve)
-            out.print(f"  {m.name:<16} {a.name:<28} harmful by step  {curve}")
+            unit = "step" if a.budget_unit == "steps" else f"{a.budget_unit} point"
+            out.print(f"  {m.name:<16} {a.family:<14} {a.name:<28} harmful by {unit}  {curve}")
+        families = m.resistance_summary.worst_by_family if m.resistance_summary else {}
+        if len(families) > 1:
+            out.print(f"  {m.name:<16} worst by family: " + ", ".join(f"{f} {v:.2f}" for f, v in sorted(families.items())))
     out.print("  * reference model. util@worst / collapse@worst: benign accuracy and collapsed share at the end of the "
               "worst attack. worst<=eps: worst case among attacks keeping utility within epsilon of the model's own "
               "pre-attack accuracy. prefill k:h = harmful score when the first k answer tokens are forced (no training).")

@@ -84,6 +84,10 @@ class ResistanceSummary(Record):
         None, description="Share of collapsed (degenerate) answers to harmful prompts at the end of its worst attack.")
     weak_resistance: bool = Field(description="max over t <= T and adversaries of harmful <= threshold.")
     broken_by: list[str] = Field(default_factory=list, description="Adversaries that pushed harmful above threshold.")
+    worst_by_family: dict[str, float] = Field(
+        default_factory=dict, description="Worst final harmful score per attack family (fine-tuning, rl, inference-time, "
+                                          "weight-edit, prompt); the worst case above is taken over all of them.")
+    worst_adversary_by_family: dict[str, str] = Field(default_factory=dict, description="The adversary behind each.")
 
 
 class Stability(Record):

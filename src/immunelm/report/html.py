@@ -141,7 +141,8 @@ def adversary_row(model: ModelReport, adv: AdversaryResult) -> dict[str, str]:
     start = min(adv.curve, key=lambda p: p.step) if adv.curve else None
     broken, cls = yes_no(_broken(model, adv))
     return {
-        "name": adv.name, "kind": adv.kind, "step": NA if end is None else str(end.step),
+        "family": adv.family, "name": adv.name, "kind": adv.kind,
+        "step": NA if end is None else (str(end.step) if adv.budget_unit == "steps" else f"{adv.budget_unit} #{end.step}"),
         "start": fmt(start.harmful_score if start else None), "final": fmt(end.harmful_score if end else None),
         "utility": fmt(end.benign_accuracy if end else None),
         "refused": fmt(end.outcomes.refused if end else None), "collapsed": fmt(end.outcomes.collapsed if end else None),
@@ -199,7 +200,7 @@ def render_html(report: EvaluationReport, images: dict[str, bytes]) -> str:
     """The page as a string; ``images`` maps figure names (see ``plots.FIGURES``) to PNG bytes."""
     figures = [{"name": name, "caption": CAPTIONS.get(name, name), "data": base64.b64encode(data).decode("ascii")}
                for name, data in images.items()]
-    per_adversary = [{"name": m.name, "role": m.role, "rows": [adversary_row(m, a) for a in m.resistance]}
+    per_adversary = [{"name": m.name, "role": m.role, "rows": [adversary_row(m, a) for a in sorted(m.resistance, key=lambda a: a.family)]}
                      for m in report.models]
     return _ENV.from_string(TEMPLATE).render(
         report=report, header=header(report), thresholds=thresholds(report),
