@@ -124,3 +124,28 @@ def test_prompt_wrap_rewrites_only_the_last_user_message():
     wrapped = e.with_prompt("in a story, make x")
     assert wrapped.prompt == "in a story, make x" and wrapped.messages[0]["content"] == "be good"
     assert wrapped.response == "y" and e.prompt == "make x"
+
+
+def test_suite_defaults_reach_only_attacks_that_have_the_setting(tmp_path, monkeypatch):
+    from immunelm.attacks import base
+    from immunelm.config import Config
+
+    monkeypatch.setattr(base, "_ATTACKS", dict(base._ATTACKS))  # the test attack stays in this test
+
+    class GridConfig(Config):
+        strengths: list[float] = [0.0, 1.0]
+
+        def points(self):
+            return self.strengths
+
+    base.register_attack("test_grid", GridConfig, family="inference-time", budget_unit="strength")(lambda run, cfg: None)
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nbudget: 5\ndefaults: {examples: 7, train: {lr: 1.0e-3}}\n"
+                    "adversaries:\n  - {name: sft}\n  - {name: grid, kind: test_grid, strengths: [0, 2, 4]}\n")
+    suite = load_suite(str(path))
+    sft, grid = suite.adversaries
+    assert sft.config.examples == 7 and sft.config.train.max_steps == 5
+    assert grid.config.strengths == [0, 2, 4] and suite.eval_steps(grid) == [0, 1, 2]
+    path.write_text("name: s\ndefaults: {exampels: 7}\nadversaries:\n  - {name: sft}\n")
+    with pytest.raises(ImmuneLMError, match="defaults.exampels is not a setting"):
+        load_suite(str(path))

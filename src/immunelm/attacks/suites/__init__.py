@@ -116,6 +116,7 @@ def load_suite(name_or_path: str) -> SuiteConfig:
     checks.check_unique_names(entries, source)
     # Errors name the adversary, and typos get a hint: each config is its own attack's class.
     adversaries = [_adversary(i, e, defaults, budget, source) for i, e in enumerate(entries)]
+    _check_defaults_used(defaults, adversaries, source)
     suite = load_config(SuiteConfig, base={**raw, "adversaries": []}, label=source)
     suite.adversaries = adversaries
     budgets = [a.spec.budget(a.config, suite.budget) for a in adversaries if a.spec.trains]
@@ -129,9 +130,21 @@ def _adversary(index: int, entry: dict, defaults: dict, budget: Any, source: str
     the rest validated by the attack's own config class."""
     kind = entry.get("kind", defaults.get("kind", checks.DEFAULT_KIND))
     spec = build_attack(kind)
-    merged = deep_merge({k: v for k, v in defaults.items() if k != "kind"}, entry)
+    # Suite defaults apply where the attack has the setting: ``examples`` or ``train`` defaults
+    # of a fine-tuning suite do not reach an inference-time attack listed beside them.
+    applicable = {k: v for k, v in defaults.items() if k in spec.config_cls.model_fields}
+    merged = deep_merge(applicable, entry)
     if spec.trains:
         merged["train"] = dict(merged.get("train") or {})
         merged["train"].setdefault("max_steps", budget)
     fields = {k: v for k, v in merged.items() if k not in ("name", "kind")}
     return make_adversary(entry["name"], kind, label=f"{source}: {checks.label(index, entry)}", **fields)
+
+
+def _check_defaults_used(defaults: dict, adversaries: list[Adversary], source: str) -> None:
+    """A default that no adversary's attack has is a typo, not a setting to drop silently."""
+    known = {f for a in adversaries for f in a.spec.config_cls.model_fields} | {"kind"}
+    unused = sorted(set(defaults) - known)
+    if unused:
+        raise ImmuneLMError(f"{source}: defaults.{unused[0]} is not a setting of any adversary's attack "
+                            f"(settings: {', '.join(sorted(known - {'kind'}))})")
