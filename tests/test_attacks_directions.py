@@ -4,6 +4,7 @@ the maths on tiny random models of every family, then the attacks through Attack
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from immunelm.attacks import AttackData, AttackRun, build_attack, make_adversary
 from immunelm.attacks.directions import (
     Candidate, DirectionConfig, answer_logprob, candidate_positions, choose, difference_of_means, left_padded, mean_kl,
-    prompt_rows, resolve_layer, shared_suffix, split_pools,
+    prompt_rows, refusal_logodds, refusal_tokens, resolve_layer, shared_suffix, split_pools,
 )
 from immunelm.attacks.refusal_ablation import (
     RefusalDirectionConfig, _check_edit, ablation_hooks, orthogonalise, project_out, residual_projection,
@@ -97,10 +98,16 @@ def test_selection_scores_and_rule(tok):
             logps += [logits[t - 1, row["input_ids"][t]] for t, label in enumerate(row["labels"]) if label != -100]
     assert answer_logprob(model, rows, tok.pad_token_id, batch_size=2) == pytest.approx(float(torch.stack(logps).mean()), abs=1e-5)
     p, q = torch.tensor([[0.5, 0.5], [0.9, 0.1]]).log(), torch.tensor([[0.25, 0.75], [0.5, 0.5]]).log()
-    import math  # KL(p || q) = sum p log(p / q), averaged over the two rows
-
+    # KL(p || q) = sum p log(p / q), averaged over the two rows
     by_hand = (0.5 * math.log(2) + 0.5 * math.log(2 / 3) + 0.9 * math.log(1.8) + 0.1 * math.log(0.2)) / 2
     assert mean_kl(p, q) == pytest.approx(by_hand, abs=1e-6)
+    # Refusal tokens: likely first tokens on harmful prompts, likelier than on harmless ones, not an answer's start.
+    harmful = torch.tensor([[0.05, 0.5, 0.3, 0.04, 0.11], [0.05, 0.4, 0.3, 0.08, 0.17]]).log()
+    harmless = torch.tensor([[0.6, 0.1, 0.1, 0.0, 0.2], [0.6, 0.1, 0.1, 0.0, 0.2]]).clamp(min=1e-9).log()
+    assert refusal_tokens(harmful, harmless, answer_tokens={2}) == [1, 3]  # 4 is likelier on harmless prompts
+    # The paper's refusal score: mean log-odds of P_R = sum of the refusal tokens' probabilities.
+    expected = (math.log(0.54 / 0.46) + math.log(0.48 / 0.52)) / 2
+    assert refusal_logodds(harmful, [1, 3]) == pytest.approx(expected, abs=1e-6)
     table = [{"layer": 0, "position": -1, "score": -1.0, "kl": 0.05}, {"layer": 1, "position": -1, "score": -0.2, "kl": 0.5},
              {"layer": 2, "position": -2, "score": -0.5, "kl": 0.01}]
     assert choose(table, 0.1) == (table[2], True)      # best score within the KL bound
@@ -251,6 +258,7 @@ def test_attacks_score_their_grid_with_the_intervention_and_clean_up(tok):
     assert info["strengths"] == [0, 1, 4] and info["layer"] in (0, 1, 2) and info["position"] in (-1, -2)
     assert info["layer"] > 0 or info["position"] < -2  # block 0 at the template tail has no direction
     assert info["score"] == max(row["score"] for row in info["candidates"]) and info["direction_norm"] > 0
+    assert (info["metric"], info["refusal_tokens"]) == ("answer", None)  # a random model refuses nothing
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, clean)  # the hooks were removed
 
@@ -267,6 +275,48 @@ def test_attacks_score_their_grid_with_the_intervention_and_clean_up(tok):
     assert (seen[1] - clean).abs().max() > 1e-3
     assert edit.info["matrices"] == 7 and edit.info["residual_projection_after"] < 1e-5
     assert not torch.equal(edit_run.model.model.layers[0].mlp.down_proj.weight, model.model.layers[0].mlp.down_proj.weight)
+
+
+@pytest.fixture(scope="module")
+def refuser(tok):
+    """A tiny Llama trained (2 s) to answer harmful prompts "sorry cannot help" and harmless ones
+    "the answer is yes": a model with a refusal to remove."""
+    from immunelm.data import PaddingCollator
+    from immunelm.engine import TrainConfig, train
+
+    model = tiny_model("llama", layers=3)
+    rows = [encode_example(tok, e.with_response("sorry cannot help")) for e in HARMFUL]
+    rows += [encode_example(tok, e) for e in HARMLESS]
+    train(TrainConfig(lr=3e-3, max_steps=60, batch_size=16, progress=False), model, rows, PaddingCollator.for_tokenizer(tok))
+    return model.eval()
+
+
+def test_the_chosen_direction_mediates_a_trained_refusal(tok, refuser):
+    """The paper's three effects: ablation removes refusal, adding r induces it on harmless
+    prompts, subtracting r removes it; the edited weights decode like the hooks."""
+    from immunelm.attacks.directions import find_direction
+    from immunelm.attacks.refusal_ablation import ablated
+    from immunelm.eval.generation import GenerationConfig, generate
+
+    run, _, _ = attack_run(tok, refuser, [0, 1])
+    selection = find_direction(run, RefusalDirectionConfig(val_prompts=3), ablated)
+    assert selection.metric == {"metric": "refusal", "refusal_tokens": [tok.convert_tokens_to_ids("sorry")]}
+    assert selection.info()["score"] > selection.baseline_score + 2  # refusal log-odds fall by > 2 nats
+    adapter, cfg = ModelAdapter(run.model), GenerationConfig(max_new_tokens=3, progress=False)
+
+    def answers(examples):
+        return generate(run.model, tok, [e.prompt_messages for e in examples], cfg)
+
+    assert all(a.startswith("sorry") for a in answers(HARMFUL)) and not any(a.startswith("sorry") for a in answers(HARMLESS))
+    with ablated(adapter, selection.chosen):
+        hooked = answers(HARMFUL)
+    assert not any(a.startswith("sorry") for a in hooked)
+    with steered(adapter, selection.chosen, 2.0, "refusal"):
+        assert all(a.startswith("sorry") for a in answers(HARMLESS))
+    with steered(adapter, selection.chosen, 2.0, "compliance"):
+        assert not any(a.startswith("sorry") for a in answers(HARMFUL))
+    orthogonalise(run.model, selection.chosen.unit)
+    assert answers(HARMFUL) == hooked
 
 
 def test_beyond_sft_attacks_run_through_the_cli(tmp_path):

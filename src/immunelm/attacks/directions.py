@@ -13,11 +13,15 @@ for any chat template. Candidates are every (l, i) with l < max_layer_fraction *
 so the direction is not an unembedding feature). Each is scored on a held-out validation split
 under the attack's own intervention (ablation everywhere, or subtraction at its layer):
 
-* ``score`` = mean log-probability of the attacker's harmful answers, teacher-forced, on the
-  validation harmful pairs. The paper scores the log-odds of refusal tokens at the first
-  answer position; the attacker's pools hold harmful answers, not refusals, and how likely the
-  harmful answer becomes asks the same question from the compliance side, for one forward pass
-  per candidate.
+* ``score`` (``metric=refusal``, the paper's) = minus the refusal score: the log-odds that the
+  answer to a validation harmful prompt starts with a refusal token. The paper lists refusal
+  tokens by hand per model ("I" for Llama-2); here they are the tokens the intact model starts
+  its answers to the harmful mean-split prompts with (mean probability >= 5%, more than on
+  harmless prompts) that start none of the harmful answers. A model with no such token does
+  not refuse, and its candidates are scored as for ``metric=answer``.
+* ``score`` (``metric=answer``) = mean log-probability of the attacker's harmful answers,
+  teacher-forced, on the validation harmful pairs (the same question asked from the
+  compliance side, over every answer token).
 * ``kl`` = KL(p || p_intervened) of the next-token distribution at the last prompt position of
   the validation harmless prompts: the paper drops candidates above 0.1 (the intervention must
   leave harmless requests alone).
@@ -33,7 +37,7 @@ import random
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Annotated, Callable, Iterator, Optional, Sequence, Union
+from typing import Annotated, Callable, Iterator, Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +56,8 @@ LayerChoice = Union[Annotated[int, Field(ge=0, le=4095)], Annotated[float, Field
 #: Candidates whose difference of means is this small carry no direction (e.g. block 0 at a
 #: template token: every prompt has the same embedding there).
 MIN_NORM = 1e-6
+#: A refusal token has at least this mean probability as the first answer token to harmful prompts.
+REFUSAL_MIN_PROB = 0.05
 
 
 class DirectionConfig(Config):
@@ -67,6 +73,9 @@ class DirectionConfig(Config):
     layer: Optional[LayerChoice] = Field(None, description=(
         "Fix the layer: an index, or a fraction of depth in [0, 1); None = chosen on the validation split."))
     max_layer_fraction: float = Field(0.8, gt=0, le=1, description="Candidate layers l < this * L (paper: 0.8).")
+    metric: Literal["refusal", "answer"] = Field("refusal", description=(
+        "Selection score: refusal = minus the log-odds of the model's refusal tokens at the first answer position "
+        "(the paper's); answer = the harmful answers' mean log-probability."))
     kl_max: Optional[float] = Field(0.1, gt=0, le=100, description=(
         "Drop candidates whose KL on harmless prompts exceeds this (paper: 0.1); None = no filter."))
     batch_size: int = Field(32, ge=1, le=4096, description="Prompts per forward pass (does not change the result).")
@@ -116,6 +125,7 @@ class Selection:
     kl_filter_passed: bool
     positions: int
     prompts: dict[str, int]
+    metric: dict
     seconds: float
 
     def info(self) -> dict:
@@ -124,7 +134,7 @@ class Selection:
         return {"layer": self.chosen.layer, "position": self.chosen.position, "direction_norm": self.chosen.norm,
                 "score": row["score"], "kl": row["kl"], "baseline_score": self.baseline_score,
                 "kl_filter_passed": self.kl_filter_passed, "positions": self.positions, "prompts": self.prompts,
-                "selection_seconds": self.seconds, "candidates": self.table}
+                **self.metric, "selection_seconds": self.seconds, "candidates": self.table}
 
 
 # ----------------------------------------------------------------------------- data
@@ -292,21 +302,49 @@ def choose(table: list[dict], kl_max: float | None) -> tuple[dict, bool]:
     return best, bool(allowed)
 
 
+def refusal_tokens(harmful_logprobs: torch.Tensor, harmless_logprobs: torch.Tensor,
+                   answer_tokens: set[int]) -> list[int]:
+    """Tokens the intact model starts answers to harmful prompts with (mean probability at least
+    REFUSAL_MIN_PROB there, and higher than on harmless prompts) that start none of the harmful
+    answers. The paper picks them by hand ("I" for Llama-2); this finds them from the pools."""
+    harmful, harmless = harmful_logprobs.exp().mean(0), harmless_logprobs.exp().mean(0)
+    likely = ((harmful >= REFUSAL_MIN_PROB) & (harmful > harmless)).nonzero().flatten().tolist()
+    return [t for t in likely if t not in answer_tokens]
+
+
+def refusal_logodds(logprobs: torch.Tensor, tokens: Sequence[int]) -> float:
+    """The paper's refusal score: mean over prompts of log(P_R / (1 - P_R)), P_R the probability
+    of starting the answer with a refusal token."""
+    log_p = logprobs[:, list(tokens)].logsumexp(-1).clamp(max=-1e-6)  # P_R < 1 keeps log(1 - P_R) finite
+    return float((log_p - torch.log1p(-log_p.exp())).mean())
+
+
+def first_answer_token(row: dict[str, list[int]]) -> int:
+    return next(t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE_INDEX)
+
+
 @dataclass
 class Validation:
-    """The validation split, encoded once, with the intact model's harmless next-token log-probs."""
+    """The validation split, encoded once, with the intact model's harmless next-token
+    log-probs; ``refusal`` lists the refusal tokens (None: score the harmful answers)."""
 
     harmful: list[dict[str, list[int]]]
+    harmful_prompts: list[list[int]]
     harmless: list[list[int]]
     base_logprobs: torch.Tensor
+    refusal: list[int] | None
     pad: int
     batch_size: int
     kl_max: float | None
 
     def score(self, model) -> tuple[float, float]:
-        """(harmful-answer log-prob, KL on harmless prompts) of ``model`` as it runs now."""
+        """(bypass score, KL on harmless prompts) of ``model`` as it runs now; higher scores
+        mean less refusal: minus the refusal log-odds, or the harmful answers' log-prob."""
         kl = mean_kl(self.base_logprobs, next_token_logprobs(model, self.harmless, self.pad, self.batch_size))
-        return answer_logprob(model, self.harmful, self.pad, self.batch_size), kl
+        if self.refusal is None:
+            return answer_logprob(model, self.harmful, self.pad, self.batch_size), kl
+        first = next_token_logprobs(model, self.harmful_prompts, self.pad, self.batch_size)
+        return -refusal_logodds(first, self.refusal), kl
 
 
 def select(model, val: Validation, found: list[Candidate],
@@ -323,6 +361,22 @@ def select(model, val: Validation, found: list[Candidate],
     return table, chosen, passed
 
 
+def validation(model, tokenizer, splits: Splits, cfg: DirectionConfig, harmful: list[list[int]],
+               harmless: list[list[int]]) -> Validation:
+    """The validation split, with the refusal tokens found on the mean split (metric=refusal);
+    a model that does not refuse has none, and its harmful answers are scored instead."""
+    pad, n = pad_id(tokenizer), cfg.batch_size
+    pairs = [encode_example(tokenizer, e) for e in splits.harmful_val]
+    harmless_val = prompt_rows(tokenizer, splits.harmless_val)
+    refusal = None
+    if cfg.metric == "refusal":
+        answers = {first_answer_token(encode_example(tokenizer, e)) for e in splits.harmful_train}
+        refusal = refusal_tokens(next_token_logprobs(model, harmful, pad, n),
+                                 next_token_logprobs(model, harmless, pad, n), answers) or None
+    return Validation(pairs, prompt_rows(tokenizer, splits.harmful_val), harmless_val,
+                      next_token_logprobs(model, harmless_val, pad, n), refusal, pad, n, cfg.kl_max)
+
+
 def find_direction(run: AttackRun, cfg: DirectionConfig, intervene: Intervention) -> Selection:
     """r from the attacker's pools, chosen on their validation split under ``intervene``."""
     started = time.perf_counter()
@@ -330,18 +384,17 @@ def find_direction(run: AttackRun, cfg: DirectionConfig, intervene: Intervention
     splits = split_pools(run.data, cfg)
     pad = pad_id(tokenizer)
     harmful, harmless = prompt_rows(tokenizer, splits.harmful_train), prompt_rows(tokenizer, splits.harmless_train)
-    harmless_val = prompt_rows(tokenizer, splits.harmless_val)
     with eval_mode(model):
-        positions = candidate_positions(harmful + harmless + harmless_val, cfg)
+        positions = candidate_positions(harmful + harmless, cfg)
         diffs = difference_of_means(model, harmful, harmless, positions, pad, cfg.batch_size)
         found = candidates(diffs, candidate_layers(cfg, diffs.shape[0]))
-        val = Validation([encode_example(tokenizer, e) for e in splits.harmful_val], harmless_val,
-                         next_token_logprobs(model, harmless_val, pad, cfg.batch_size), pad, cfg.batch_size, cfg.kl_max)
+        val = validation(model, tokenizer, splits, cfg, harmful, harmless)
         baseline, _ = val.score(model)
         table, chosen, passed = select(model, val, found, intervene)
-    prompts = {"harmful_train": len(harmful), "harmful_val": len(splits.harmful_val),
-               "harmless_train": len(harmless), "harmless_val": len(harmless_val)}
-    return Selection(chosen, table, baseline, passed, positions, prompts, time.perf_counter() - started)
+    prompts = {"harmful_train": len(harmful), "harmful_val": len(val.harmful),
+               "harmless_train": len(harmless), "harmless_val": len(val.harmless)}
+    metric = {"metric": "answer" if val.refusal is None else "refusal", "refusal_tokens": val.refusal}
+    return Selection(chosen, table, baseline, passed, positions, prompts, metric, time.perf_counter() - started)
 
 
 # ----------------------------------------------------------------------------- scoring
