@@ -282,6 +282,26 @@ def test_harmful_rl_moves_the_weights_reproducibly(tok):
     assert all(torch.equal(a[k], b[k]) for k in start)
 
 
+def test_resumed_run_equals_uninterrupted_run(tok, tmp_path):
+    """Rollouts are seeded by step and pi_ref is the model before the attack, so stopping at a
+    checkpoint and resuming gives the weights of an uninterrupted run."""
+    from immunelm.engine import train
+
+    config = cfg(beta=0.5)
+
+    def run(steps, out, resume=False):
+        model = policy(tok)
+        step = GRPOStep(config, HARM, tok, StandInJudge(), Reference(model, lora=False))
+        train_cfg = config.train.model_copy(update={"max_steps": steps, "checkpoint_every": 2})
+        train(train_cfg, model, [0, 1, 2], rl._prompt_batch, step_fn=step, output_dir=out, resume=resume, log=lambda m: None)
+        return model.state_dict()
+
+    whole = run(4, tmp_path / "whole")
+    run(2, tmp_path / "split")
+    resumed = run(4, tmp_path / "split", resume=True)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_registration_config_and_one_line_errors(tok):
     spec = build_attack("harmful_rl")
     assert (spec.family, spec.budget_unit, spec.paper) == ("rl", "steps", "https://arxiv.org/abs/2402.03300")
