@@ -8,7 +8,9 @@ from immunelm.attacks.base import (
     FAMILIES, Adversary, AttackData, AttackResult, AttackRun, AttackSpec, attack_names, build_attack, make_adversary,
     register_attack,
 )
-from immunelm.attacks import finetune, lowrank, pruning, refusal_ablation, steering  # noqa: F401  (registration)
+from immunelm.attacks import (  # noqa: F401  (registration)
+    finetune, latent, lowrank, pruning, refusal_ablation, soft_prompt, steering,
+)
 from immunelm.attacks.finetune import FineTuneAttackConfig
 from immunelm.attacks.suites import SuiteConfig, load_suite, suite_names
 

@@ -45,7 +45,7 @@ class FineTuneAttackConfig(Config):
         return out
 
 
-def _draw(pool: list[Example], n: int, rng: random.Random, what: str) -> list[Example]:
+def draw(pool: list[Example], n: int, rng: random.Random, what: str) -> list[Example]:
     if not pool:
         raise ImmuneLMError(f"attack needs {what} examples but the task's {what} pool is empty")
     if n <= len(pool):
@@ -54,24 +54,24 @@ def _draw(pool: list[Example], n: int, rng: random.Random, what: str) -> list[Ex
 
 
 def harmful_examples(cfg: FineTuneAttackConfig, data: AttackData) -> list[Example]:
-    return _draw(data.harmful, cfg.examples, random.Random(cfg.seed), "harmful")
+    return draw(data.harmful, cfg.examples, random.Random(cfg.seed), "harmful")
 
 
 def mix_examples(cfg: FineTuneAttackConfig, data: AttackData) -> list[Example]:
     rng = random.Random(cfg.seed)
     n_harm = round(cfg.examples * cfg.harmful_fraction)
-    mix = _draw(data.harmful, n_harm, rng, "harmful") if n_harm else []
-    mix += _draw(data.benign, cfg.examples - n_harm, rng, "benign")
+    mix = draw(data.harmful, n_harm, rng, "harmful") if n_harm else []
+    mix += draw(data.benign, cfg.examples - n_harm, rng, "benign")
     rng.shuffle(mix)
     return mix
 
 
 def benign_examples(cfg: FineTuneAttackConfig, data: AttackData) -> list[Example]:
-    return _draw(data.benign, cfg.examples, random.Random(cfg.seed), "benign")
+    return draw(data.benign, cfg.examples, random.Random(cfg.seed), "benign")
 
 
 def identity_examples(cfg: FineTuneAttackConfig, data: AttackData) -> list[Example]:
-    return _draw(data.identity, cfg.examples, random.Random(cfg.seed), "identity")
+    return draw(data.identity, cfg.examples, random.Random(cfg.seed), "identity")
 
 
 def fine_tune(run: AttackRun, cfg: FineTuneAttackConfig, examples: list[Example]) -> AttackResult:
@@ -82,9 +82,9 @@ def fine_tune(run: AttackRun, cfg: FineTuneAttackConfig, examples: list[Example]
     return AttackResult(result.evaluations, result.seconds, {"examples": len(rows)})
 
 
-def _register(name: str, draw: Callable[[FineTuneAttackConfig, AttackData], list[Example]], paper: str) -> None:
+def _register(name: str, examples_for: Callable[[FineTuneAttackConfig, AttackData], list[Example]], paper: str) -> None:
     def run(attack: AttackRun, cfg: FineTuneAttackConfig) -> AttackResult:
-        return fine_tune(attack, cfg, draw(cfg, attack.data))
+        return fine_tune(attack, cfg, examples_for(cfg, attack.data))
     register_attack(name, FineTuneAttackConfig, paper=paper)(run)
 
 

@@ -44,7 +44,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from immunelm.attacks.base import AttackResult, AttackRun, PromptWrap, register_attack
-from immunelm.attacks.finetune import _draw
+from immunelm.attacks.finetune import draw
 from immunelm.config import Config, Seed
 from immunelm.data import Example, PaddingCollator, encode_example
 from immunelm.engine import TrainConfig, TrainResult, train
@@ -149,7 +149,7 @@ class ResidualPerturbation(FrozenLM):
 
 
 def draw_harmful(run: AttackRun, n: int, seed: int) -> list[Example]:
-    return _draw(run.data.harmful, n, random.Random(seed), "harmful")
+    return draw(run.data.harmful, n, random.Random(seed), "harmful")
 
 
 def choose_point(adapter: ModelAdapter, cfg: LatentPerturbationConfig) -> HookPoint:
