@@ -161,12 +161,12 @@ def test_trained_log_probs_are_those_of_the_sampling_policy(tok):
     """pi_old in the ratio is the policy that sampled: log pi from the right-padded training
     forward equals the log-softmax of generate's own (left-padded, temperature-scaled) scores."""
     from immunelm.data.chat import encode_prompt
-    from immunelm.eval.generation import _left_pad
+    from immunelm.eval.generation import left_pad
 
     model = policy(tok, eos_bias=4.0)
     rollout = sample_completions(model, tok, HARM, 6, 1.7, seed=5)
     assert len({len(encode_prompt(tok, e.prompt_messages)) for e in HARM}) > 1  # left padding is exercised
-    ids, mask = _left_pad([encode_prompt(tok, e.prompt_messages) for e in HARM], tok.pad_token_id)
+    ids, mask = left_pad([encode_prompt(tok, e.prompt_messages) for e in HARM], tok.pad_token_id)
     model.eval()
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(5)

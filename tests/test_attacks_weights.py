@@ -20,10 +20,8 @@ from typer.testing import CliRunner
 from immunelm.attacks import lowrank, pruning  # noqa: F401  (registration without the package line)
 from immunelm.attacks.base import AttackData, AttackRun, build_attack, make_adversary
 from immunelm.attacks.lowrank import LowRankConfig, edit_matrix, rank_of, removed_component, top_directions
-from immunelm.attacks.pruning import (
-    PruningConfig, SetDifference, all_linears, input_statistics, make_batches, prune, set_difference, snip_scores,
-    wanda_scores,
-)
+from immunelm.attacks.pruning import PruningConfig, SetDifference, prune, set_difference, snip_scores, wanda_scores
+from immunelm.attacks.weight_data import all_linears, input_statistics, make_batches
 from immunelm.config import load_config
 from immunelm.data import Example
 from immunelm.errors import ImmuneLMError

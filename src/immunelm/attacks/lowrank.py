@@ -22,7 +22,7 @@ sum rank(dW) / sum rank(W) over the edited matrices (the paper: ~2.5% of the ran
 safety). Like the official code the edit goes block by block, block i's activations recorded
 after blocks < i were edited (``sequential=false``: every block from one pass on the
 unattacked model, cheaper on deep models). Safety and utility data: see
-:mod:`immunelm.attacks.pruning`.
+:mod:`immunelm.attacks.weight_data`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pydantic import Field
 from torch import nn
 
 from immunelm.attacks.base import AttackResult, AttackRun, register_attack
-from immunelm.attacks.pruning import (
+from immunelm.attacks.weight_data import (
     WEI_2024, Batch, WeightEditData, attack_rows, batches_for, block_linears, input_statistics, matrix, restore, snapshot,
     sweep, write_matrix,
 )

@@ -52,7 +52,7 @@ from immunelm.errors import ImmuneLMError
 from immunelm.eval.generation import GenerationConfig
 # The evaluation's own decoding parts, so rollouts end, pad and sample exactly as scored answers do
 # (generation.generate returns text only; the policy gradient needs the sampled token ids).
-from immunelm.eval.generation import _eos_ids, _eval_mode, _left_pad, _pad_id, _sampling_kwargs, _seeded
+from immunelm.eval.generation import eos_token_ids, eval_mode, left_pad, padding_id, sampling_kwargs, seeded
 from immunelm.eval.judges import JudgeSample, Verdict
 from immunelm.eval.judges.outcomes import COLLAPSED, REFUSED
 
@@ -154,12 +154,12 @@ def sample_completions(model, tokenizer, examples: Sequence[Example], max_new_to
                        seed: int) -> Rollout:
     """One seeded sampled completion per example, with the evaluation's chat template and eos ids."""
     prompts = [encode_prompt(tokenizer, e.prompt_messages) for e in examples]
-    eos_ids = _eos_ids(model, tokenizer)
-    pad_id = _pad_id(tokenizer, eos_ids)
-    ids, mask = _left_pad(prompts, pad_id)
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = padding_id(tokenizer, eos_ids)
+    ids, mask = left_pad(prompts, pad_id)
     device = next(model.parameters()).device
-    sampling = _sampling_kwargs(GenerationConfig(do_sample=True, temperature=temperature))
-    with torch.no_grad(), _eval_mode(model), _seeded(seed, device):
+    sampling = sampling_kwargs(GenerationConfig(do_sample=True, temperature=temperature))
+    with torch.no_grad(), eval_mode(model), seeded(seed, device):
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              pad_token_id=pad_id, eos_token_id=eos_ids or None, use_cache=True, **sampling)
     rows, texts = [], []

@@ -65,7 +65,7 @@ def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     return text[:cut]
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_token_ids(model, tokenizer) -> list[int]:
     """Every id that ends an answer: the tokenizer's eos plus the model's (e.g. Llama 3's list)."""
     ids = {tokenizer.eos_token_id}
     model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -73,7 +73,8 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def _pad_id(tokenizer, eos_ids: list[int]) -> int:
+def padding_id(tokenizer, eos_ids: list[int]) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else the first eos id."""
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
     if eos_ids:
@@ -81,7 +82,8 @@ def _pad_id(tokenizer, eos_ids: list[int]) -> int:
     raise ImmuneLMError(f"tokenizer '{getattr(tokenizer, 'name_or_path', '?')}' has neither a pad nor an eos token")
 
 
-def _left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` with every row right-aligned, so its next token is the last column."""
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -126,7 +128,7 @@ def _model_device(model) -> torch.device:
 
 
 @contextmanager
-def _eval_mode(model) -> Iterator[None]:
+def eval_mode(model) -> Iterator[None]:
     """Eval mode (no dropout) for the duration; the caller's train/eval state is restored."""
     was_training = model.training
     model.eval()
@@ -137,7 +139,7 @@ def _eval_mode(model) -> Iterator[None]:
 
 
 @contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed sampling without disturbing the caller's global RNG streams."""
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -145,7 +147,8 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _sampling_kwargs(cfg: GenerationConfig) -> dict:
+def sampling_kwargs(cfg: GenerationConfig) -> dict:
+    """``model.generate`` arguments for greedy decoding or ``cfg``'s sampling."""
     if not cfg.do_sample:
         # explicit Nones stop a model's own generation_config (e.g. temperature=0.6) leaking in
         return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
@@ -156,7 +159,7 @@ def _sampling_kwargs(cfg: GenerationConfig) -> dict:
 def _generate_batch(model, tokenizer, rows: Sequence[list[int]], prefixes: Sequence[list[int]],
                     cfg: GenerationConfig, eos_ids: list[int], pad_id: int) -> list[str]:
     """Answers to already-encoded rows (prompt + forced prefix); ``prefixes`` are decoded with them."""
-    ids, mask = _left_pad(rows, pad_id)
+    ids, mask = left_pad(rows, pad_id)
     device = _model_device(model)
     stopping = None
     if cfg.stop_strings:
@@ -164,7 +167,7 @@ def _generate_batch(model, tokenizer, rows: Sequence[list[int]], prefixes: Seque
     out = model.generate(
         input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=cfg.max_new_tokens,
         pad_token_id=pad_id, eos_token_id=eos_ids or None, use_cache=True, stopping_criteria=stopping,
-        **_sampling_kwargs(cfg),
+        **sampling_kwargs(cfg),
     )
     return _decode(tokenizer, out[:, ids.shape[1]:].cpu(), prefixes, eos_ids, cfg.stop_strings)
 
@@ -213,12 +216,12 @@ def generate(model, tokenizer, prompts: Sequence[Prompt], cfg: GenerationConfig 
     prefixes = _prefixes(prefill_ids, len(prompts))
     encoded = [encode_prompt(tokenizer, as_messages(p)) + prefix for p, prefix in zip(prompts, prefixes)]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows at once
-    eos_ids = _eos_ids(model, tokenizer)
-    pad_id = _pad_id(tokenizer, eos_ids)
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = padding_id(tokenizer, eos_ids)
     answers: list[str] = [""] * len(prompts)
     n_batches = -(-len(order) // cfg.batch_size)
     bar = tqdm(total=len(order), unit="prompt", desc="generate", disable=not cfg.progress or n_batches <= 1)
-    with _eval_mode(model), _seeded(cfg.seed, _model_device(model)), bar:
+    with eval_mode(model), seeded(cfg.seed, _model_device(model)), bar:
         for lo in range(0, len(order), cfg.batch_size):
             batch = order[lo:lo + cfg.batch_size]
             texts = _generate_batch(model, tokenizer, [encoded[i] for i in batch], [prefixes[i] for i in batch],
