@@ -149,3 +149,33 @@ def test_suite_defaults_reach_only_attacks_that_have_the_setting(tmp_path, monke
     path.write_text("name: s\ndefaults: {exampels: 7}\nadversaries:\n  - {name: sft}\n")
     with pytest.raises(ImmuneLMError, match="defaults.exampels is not a setting"):
         load_suite(str(path))
+
+
+def test_attacked_models_are_saved_when_asked(tmp_path):
+    """`evaluation.save_attacked` keeps the models that attacks leave (fine-tuned, orthogonalised);
+    an unknown adversary name is refused before any work."""
+    import immunelm.attacks.refusal_ablation  # noqa: F401  (registration)
+    from typer.testing import CliRunner
+
+    from immunelm.cli.main import app
+    from immunelm.sources import load_model_source
+    from test_cli import TINY_ORGANISM
+
+    organism = [a for a in TINY_ORGANISM if a.startswith("organism.")]
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\nbudget: 2\nadversaries:\n  - {name: sft, kind: harmful_sft, examples: 8}\n"
+                     "  - {name: orth, kind: refusal_orthogonalise}\n  - {name: steer, kind: steering, strengths: [0, 1]}\n")
+    common = ["-m", "aligned=organism:aligned", f"cache_dir={tmp_path / 'cache'}", *organism, f"evaluation.suite={suite}",
+              "evaluation.trainability.train.max_steps=2", "evaluation.trainability.eval_at=[0,2]",
+              "evaluation.generation.progress=false", "evaluation.prefill_tokens=[]"]
+    refused = CliRunner().invoke(app, ["evaluate", "--run-dir", str(tmp_path / "bad"), *common,
+                                       "evaluation.save_attacked=[nope]"])
+    assert refused.exit_code != 0 and not (tmp_path / "bad").exists()
+    run_dir = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", "--run-dir", str(run_dir), *common, "evaluation.save_attacked=['*']"])
+    assert result.exit_code == 0, result.output
+    kept = run_dir / "attacked" / "aligned"
+    assert sorted(p.name for p in kept.iterdir()) == ["orth", "sft"]  # steering is hooks: nothing to keep
+    assert (kept / "sft" / "model.safetensors").is_file() and (kept / "orth" / "model.safetensors").is_file()
+    model, _ = load_model_source(str(kept / "orth"))
+    assert sum(p.numel() for p in model.parameters()) > 0

@@ -106,6 +106,14 @@ def _tokenizer(spec: ModelSpec, cfg: EvaluateConfig):
                                  spec.chat_template or cfg.chat_template)
 
 
+def _check_save_attacked(cfg: EvaluateConfig, suite) -> None:
+    names = [a.name for a in suite.adversaries]
+    unknown = [n for n in cfg.evaluation.save_attacked if n != "*" and n not in names]
+    if unknown:
+        raise ImmuneLMError(f"evaluation.save_attacked: no adversary '{unknown[0]}' in suite {suite.name} "
+                            f"(adversaries: {', '.join(names)}; '*' = all)")
+
+
 def validate_evaluation(cfg: EvaluateConfig) -> EvalTask:
     """Fail on bad models, task, suite, judge or a tokenizer that cannot encode the task,
     before any run directory or model exists; returns the loaded task."""
@@ -116,7 +124,9 @@ def validate_evaluation(cfg: EvaluateConfig) -> EvalTask:
     task = task_for(cfg)  # cheap (no model); its errors (missing extras, bad files) come first
     _check_sources(cfg)
     settings = resolve_settings(cfg.evaluation, task)
-    _check_search(cfg, load_suite(settings.suite))
+    suite = load_suite(settings.suite)
+    _check_search(cfg, suite)
+    _check_save_attacked(cfg, suite)
     judge_class(settings.judge).check_options(**settings.judge_options)
     for spec in cfg.models:
         try:

@@ -63,6 +63,9 @@ class AttackResult:
     evaluations: list[dict]  # scored points, in budget order; each has "step" (the budget point)
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
+    # The attacked model at the last point, for attacks that change weights (fine-tuning, RL,
+    # a persistent edit); None for hooks and prompts, which leave no model to keep.
+    model: Any = None
 
 
 @dataclass

@@ -79,7 +79,7 @@ def fine_tune(run: AttackRun, cfg: FineTuneAttackConfig, examples: list[Example]
     rows = [encode_example(run.tokenizer, e) for e in examples]
     result = train(cfg.train.model_copy(update={"eval_at": run.eval_at}), run.model, rows,
                    PaddingCollator.for_tokenizer(run.tokenizer), evaluate=run.score, description=run.description)
-    return AttackResult(result.evaluations, result.seconds, {"examples": len(rows)})
+    return AttackResult(result.evaluations, result.seconds, {"examples": len(rows)}, model=result.model)
 
 
 def _register(name: str, examples_for: Callable[[FineTuneAttackConfig, AttackData], list[Example]], paper: str) -> None:

@@ -220,4 +220,4 @@ def refusal_orthogonalise(run: AttackRun, cfg: RefusalDirectionConfig) -> Attack
         rows = prompt_rows(run.tokenizer, run.data.harmful[:cfg.batch_size])
         info["residual_projection_after"] = _check_edit(run.model, rows, selection.chosen.unit, pad_id(run.tokenizer))
     evaluations += [run.score(run.model, point) for point in run.eval_at if point > 0]
-    return AttackResult(evaluations, time.perf_counter() - started, info)
+    return AttackResult(evaluations, time.perf_counter() - started, info, model=run.model)

@@ -255,7 +255,7 @@ def harmful_rl(run: AttackRun, cfg: GRPOAttackConfig) -> AttackResult:
     step = GRPOStep(cfg, list(run.data.harmful), run.tokenizer, run.judge, reference)
     result = train(cfg.train.model_copy(update={"eval_at": run.eval_at}), run.model, list(range(len(run.data.harmful))),
                    _prompt_batch, step_fn=step, evaluate=run.score, description=run.description)
-    return AttackResult(result.evaluations, result.seconds, _info(cfg, result.history, result.steps))
+    return AttackResult(result.evaluations, result.seconds, _info(cfg, result.history, result.steps), model=result.model)
 
 
 def _info(cfg: GRPOAttackConfig, history: list[dict[str, Any]], steps: int) -> dict[str, Any]:

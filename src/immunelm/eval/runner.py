@@ -31,6 +31,8 @@ from immunelm.eval.schema import (
 from immunelm.eval.scoring import Scorer, perplexity
 from immunelm.tasks.base import CROSS_DOMAIN, HELDOUT_PHRASINGS, EvalTask
 from immunelm.io import atomic_path, write_json_atomic
+from immunelm.models.adapters import is_peft_model, save_adapter
+from immunelm.models.loading import save_model
 from immunelm.provenance import provenance
 
 console = Console(stderr=True)
@@ -61,6 +63,9 @@ class EvaluationConfig(Config):
     prefill_tokens: list[PositiveInt] = Field(
         default_factory=lambda: [1, 3, 5],
         description="Prefilling attack (Qi et al. 2024): force this many harmful-answer tokens; [] disables.")
+    save_attacked: list[str] = Field(
+        default_factory=list, description="Adversaries whose attacked model is saved to RUN_DIR/attacked/<model>/<adversary> "
+                                          "(safetensors; LoRA attacks as adapters); '*' = every attack that leaves a model.")
 
 
 def _wrapped(examples: list, wrap: PromptWrap | None) -> list:
@@ -101,6 +106,7 @@ class Evaluator:
             self.suite.search.trials = cfg.search_trials
         self.judge = build_judge(settings.judge, **settings.judge_options)
         self.records: list[dict] = []
+        self.out_dir: Path | None = None  # set by run(); attacked models are saved under it
 
     def subject(self, entry: ModelEntry) -> Subject:
         model, tokenizer = entry.load()
@@ -134,10 +140,23 @@ class Evaluator:
         run = AttackRun(copy.deepcopy(sub.model), sub.tokenizer, self.task.attack, self.suite.eval_steps(adversary), score,
                         description=f"{sub.name} x {adversary.name}", judge=self.judge)
         result = spec.run(run, adversary.config)
+        self._keep_attacked(sub, adversary, result)
         curve = [CurvePoint.model_validate(p) for p in result.evaluations]
         return AdversaryResult(name=adversary.name, kind=adversary.kind, family=spec.family, budget_unit=spec.budget_unit,
                                settings=adversary.config.model_dump(mode="json"), curve=curve, seconds=result.seconds,
                                info=result.info)
+
+    def _keep_attacked(self, sub: Subject, adversary: Adversary, result) -> None:
+        """Save the attacked model when asked (e.g. a weight-orthogonalised model to publish
+        as a red-team artefact); hooks and prompts leave no model and are skipped."""
+        wanted = self.cfg.save_attacked
+        if result.model is None or self.out_dir is None or not ("*" in wanted or adversary.name in wanted):
+            return
+        out = self.out_dir / "attacked" / sub.name / adversary.name
+        if is_peft_model(result.model):
+            save_adapter(result.model, sub.tokenizer, out, sub.entry.checkpoint or sub.name)
+        else:
+            save_model(result.model, sub.tokenizer, out)
 
     def stability(self, sub: Subject, start: CurvePoint) -> Stability:
         """Benign accuracy by set, perplexity, false refusals; harmful outcomes from ``start``."""
@@ -190,6 +209,7 @@ class Evaluator:
 
     def run(self, entries: list[ModelEntry], out_dir: Path, extra_config: dict | None = None) -> EvaluationReport:
         started = time.perf_counter()
+        self.out_dir = out_dir
         models = []
         for entry in entries:
             console.print(f"[bold]evaluating {entry.name}[/bold] ({len(self.suite.expanded())} adversaries, "
