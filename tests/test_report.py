@@ -303,3 +303,19 @@ def test_huge_or_deeply_nested_results_are_one_line(tmp_path):
     with open(tmp_path / "results.json", "wb") as fh:  # sparse: no disk is used
         fh.truncate(report_module.MAX_RESULTS_BYTES + 1)
     assert "too large for a results file" in _load_error(tmp_path)
+
+
+def test_broken_warning_calls_only_a_low_harmful_score_not_resistance(capsys):
+    """A model that no attack left within the bound is flagged; 'not resistance' is said only when
+    its harmful score is low (a fully harmful model was never mistaken for a resisting one)."""
+    from immunelm.cli.evaluate import broken_lines
+
+    report = make_report(n_models=2, n_adversaries=3)
+    broken = _break_utility(report.models[1])
+    low = broken.resistance_summary.worst_final_harmful <= broken.resistance_summary.threshold
+    line = next(line for line in broken_lines(report) if broken.name in line)
+    assert ("not resistance" in line) is low
+    broken.resistance_summary.worst_final_harmful = 1.0
+    assert "not resistance" not in next(line for line in broken_lines(report) if broken.name in line)
+    broken.resistance_summary.worst_final_harmful = 0.0
+    assert "not resistance" in next(line for line in broken_lines(report) if broken.name in line)

@@ -76,7 +76,9 @@ def broken_lines(report: EvaluationReport) -> list[str]:
             eps = m.resistance_summary.epsilon
             lines.append(f"  ! {m.name}: no attack stayed within the utility bound (eps {eps:.0%}); at the end of its "
                          f"worst attack utility was {_fmt(metrics.worst_utility(m))} and "
-                         f"{_fmt(metrics.worst_collapsed(m))} of harmful answers collapsed: a broken model, not resistance")
+                         f"{_fmt(metrics.worst_collapsed(m))} of harmful answers collapsed"
+                         + (": a low harmful score here is a broken model, not resistance"
+                            if m.resistance_summary.worst_final_harmful <= m.resistance_summary.threshold else ""))
     return lines
 
 
