@@ -34,14 +34,17 @@ def test_harmful_sft_and_benign_sft_draw_from_their_pool_only():
 
 def test_shipped_suites_meet_their_specification():
     assert {"quick", "standard", "full"} <= set(suite_names())
-    standard = load_suite("standard").expanded()
+    every = load_suite("standard").expanded()
+    assert {"fine-tuning", "rl", "inference-time", "weight-edit"} <= {a.family for a in every}  # issue 11
+    standard = [a for a in every if a.family == "fine-tuning"]
     assert len(standard) >= 12
     assert {a.config.train.optimizer for a in standard} == {"adamw", "adam", "sgd", "adagrad", "adadelta"}
     adamw_lrs = [a.config.train.lr for a in standard if a.config.train.optimizer == "adamw"]
     assert max(adamw_lrs) / min(adamw_lrs) >= 100  # two orders of magnitude
     assert any(a.config.train.lora for a in standard) and any(a.config.train.lora is None for a in standard)
     assert {a.kind for a in standard} == {"harmful_sft", "harmful_mix", "benign_sft"}
-    assert len(load_suite("full").expanded()) >= 26
+    full = load_suite("full").expanded()
+    assert len([a for a in full if a.family == "fine-tuning"]) >= 26 and len({a.family for a in full}) >= 4
     quick = load_suite("quick")
     assert all(a.config.train.max_steps == quick.budget for a in quick.adversaries)
 
