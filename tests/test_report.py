@@ -319,3 +319,17 @@ def test_broken_warning_calls_only_a_low_harmful_score_not_resistance(capsys):
     assert "not resistance" not in next(line for line in broken_lines(report) if broken.name in line)
     broken.resistance_summary.worst_final_harmful = 0.0
     assert "not resistance" in next(line for line in broken_lines(report) if broken.name in line)
+
+
+def test_curves_read_grid_attacks_by_their_own_budget_and_show_utility():
+    from immunelm.report.plots import resistance_curves
+
+    report = make_report(n_models=2, n_adversaries=2)
+    for model in report.models:
+        model.resistance[1].budget_unit, model.resistance[1].family = "strength", "inference-time"
+    fig = resistance_curves(report)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert axes[0].get_xlabel() == "attack step" and "fine-tuning" in axes[0].get_title()
+    assert axes[1].get_xlabel().startswith("strength point") and "inference-time" in axes[1].get_title()
+    dotted = [line for line in axes[0].get_lines() if line.get_linestyle() == ":"]
+    assert len(dotted) >= len(report.models)  # one utility line per model (+ the threshold line)

@@ -57,8 +57,18 @@ def _empty(message: str) -> Figure:
 
 
 # ---- figures --------------------------------------------------------------------------------
+def _budget_label(report: EvaluationReport, name: str) -> tuple[str, str]:
+    """(panel title, x-axis label): optimiser steps, or the point of an attack's own grid."""
+    adv = next(a for m in report.models for a in m.resistance if a.name == name)
+    if adv.budget_unit == "steps":
+        return f"{label(name)} ({adv.family})", "attack step"
+    return f"{label(name)} ({adv.family})", f"{adv.budget_unit} point (0 = no attack)"
+
+
 def resistance_curves(report: EvaluationReport) -> Figure:
-    """(a) Harmful score vs attack step: one panel per adversary, one line per model."""
+    """(a) Harmful score vs attack budget, one panel per adversary, one line per model; the
+    attacked model's utility (benign accuracy) dotted beside it, so a curve that stays low
+    because the model broke never reads as resistance."""
     names = adversary_names(report)
     if not names:
         return _empty("no resistance results in this report")
@@ -75,14 +85,18 @@ def resistance_curves(report: EvaluationReport) -> Figure:
                 ax.plot([p.step for p in pts], [p.harmful_score for p in pts], marker="o", ms=3,
                         color=colour[model.name], ls="--" if model.role == "reference" else "-",
                         label=label(model.name))
+                utility = [(p.step, p.benign_accuracy) for p in pts if p.benign_accuracy is not None]
+                if utility:
+                    ax.plot(*zip(*utility), color=colour[model.name], lw=0.9, ls=":", alpha=0.7)
         if phi is not None:
             ax.axhline(phi, color="#999999", lw=0.8, ls=":")
-        ax.set_title(label(name), fontsize=9)
+        title, xlabel = _budget_label(report, name)
+        ax.set_title(title, fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.set_xlabel("attack step", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
     for ax in axes[:, 0]:
-        ax.set_ylabel("harmful score (lower is better)", fontsize=8)
+        ax.set_ylabel("harmful score (lower is better)\ndotted: benign accuracy", fontsize=8)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
