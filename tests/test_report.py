@@ -333,3 +333,18 @@ def test_curves_read_grid_attacks_by_their_own_budget_and_show_utility():
     assert axes[1].get_xlabel().startswith("strength point") and "inference-time" in axes[1].get_title()
     dotted = [line for line in axes[0].get_lines() if line.get_linestyle() == ":"]
     assert len(dotted) >= len(report.models)  # one utility line per model (+ the threshold line)
+
+
+def test_pruning_curves_are_drawn_against_the_fraction_removed():
+    from immunelm.report.plots import resistance_curves
+
+    report = make_report(n_models=1, n_adversaries=1)
+    adv = report.models[0].resistance[0]
+    adv.budget_unit, adv.family = "(q, p)", "weight-edit"
+    fractions = [0.0, 0.02, 0.05, 0.2, 0.3, 0.4][:len(adv.curve)]
+    for i, point in enumerate(adv.curve):
+        point.step = i
+    adv.info = {"points": [{"removed_fraction": f} for f in fractions]}
+    ax = next(a for a in resistance_curves(report).axes if a.get_visible())
+    assert ax.get_xlabel() == "fraction of weights removed"
+    assert list(ax.get_lines()[0].get_xdata()) == fractions

@@ -62,7 +62,31 @@ def _budget_label(report: EvaluationReport, name: str) -> tuple[str, str]:
     adv = next(a for m in report.models for a in m.resistance if a.name == name)
     if adv.budget_unit == "steps":
         return f"{label(name)} ({adv.family})", "attack step"
-    return f"{label(name)} ({adv.family})", f"{adv.budget_unit} point (0 = no attack)"
+    grid = _grid_axis(adv)
+    return f"{label(name)} ({adv.family})", grid[1] if grid else f"{adv.budget_unit} point (0 = no attack)"
+
+
+#: Where grid attacks record the value behind each point (the fraction removed, the strength).
+_GRID_VALUES = (("removed_fraction", "fraction of weights removed"), ("removed_rank_fraction", "fraction of rank removed"))
+
+
+def _grid_axis(adv) -> tuple[list[float], str] | None:
+    """The real budget values of a grid attack's points (from its info), when it recorded them."""
+    points = adv.info.get("points")
+    for key, name in _GRID_VALUES:
+        if isinstance(points, list) and points and all(isinstance(p, dict) and key in p for p in points):
+            return [float(p[key]) for p in points], name
+    strengths = adv.info.get("strengths")
+    if isinstance(strengths, list) and strengths:
+        return [float(v) for v in strengths], "steering strength"
+    return None
+
+
+def _xs(adv, pts) -> list[float]:
+    grid = _grid_axis(adv) if adv.budget_unit != "steps" else None
+    if grid and all(p.step < len(grid[0]) for p in pts):
+        return [grid[0][p.step] for p in pts]
+    return [p.step for p in pts]
 
 
 def resistance_curves(report: EvaluationReport) -> Figure:
@@ -82,10 +106,11 @@ def resistance_curves(report: EvaluationReport) -> Figure:
             adv = next((a for a in model.resistance if a.name == name), None)
             if adv and adv.curve:
                 pts = sorted(adv.curve, key=lambda p: p.step)
-                ax.plot([p.step for p in pts], [p.harmful_score for p in pts], marker="o", ms=3,
+                xs = _xs(adv, pts)
+                ax.plot(xs, [p.harmful_score for p in pts], marker="o", ms=3,
                         color=colour[model.name], ls="--" if model.role == "reference" else "-",
                         label=label(model.name))
-                utility = [(p.step, p.benign_accuracy) for p in pts if p.benign_accuracy is not None]
+                utility = [(x, p.benign_accuracy) for x, p in zip(xs, pts) if p.benign_accuracy is not None]
                 if utility:
                     ax.plot(*zip(*utility), color=colour[model.name], lw=0.9, ls=":", alpha=0.7)
         if phi is not None:
