@@ -158,24 +158,15 @@ def test_attacked_models_are_saved_when_asked(tmp_path):
     """`evaluation.save_attacked` keeps the models that attacks leave (fine-tuned, orthogonalised);
     an unknown adversary name is refused before any work."""
     import immunelm.attacks.refusal_ablation  # noqa: F401  (registration)
-    from typer.testing import CliRunner
-
-    from immunelm.cli.main import app
+    from attack_e2e import run_evaluate
     from immunelm.sources import load_model_source
-    from test_cli import TINY_ORGANISM
 
-    organism = [a for a in TINY_ORGANISM if a.startswith("organism.")]
-    suite = tmp_path / "s.yaml"
-    suite.write_text("name: s\nbudget: 2\nadversaries:\n  - {name: sft, kind: harmful_sft, examples: 8}\n"
-                     "  - {name: orth, kind: refusal_orthogonalise}\n  - {name: steer, kind: steering, strengths: [0, 1]}\n")
-    common = ["-m", "aligned=organism:aligned", f"cache_dir={tmp_path / 'cache'}", *organism, f"evaluation.suite={suite}",
-              "evaluation.trainability.train.max_steps=2", "evaluation.trainability.eval_at=[0,2]",
-              "evaluation.generation.progress=false", "evaluation.prefill_tokens=[]"]
-    refused = CliRunner().invoke(app, ["evaluate", "--run-dir", str(tmp_path / "bad"), *common,
-                                       "evaluation.save_attacked=[nope]"])
-    assert refused.exit_code != 0 and not (tmp_path / "bad").exists()
-    run_dir = tmp_path / "eval"
-    result = CliRunner().invoke(app, ["evaluate", "--run-dir", str(run_dir), *common, "evaluation.save_attacked=['*']"])
+    suite = ("name: s\nbudget: 2\nadversaries:\n  - {name: sft, kind: harmful_sft, examples: 8}\n"
+             "  - {name: orth, kind: refusal_orthogonalise}\n  - {name: steer, kind: steering, strengths: [0, 1]}\n")
+    refused, bad_dir = run_evaluate(tmp_path, suite, "evaluation.prefill_tokens=[]", "evaluation.save_attacked=[nope]",
+                                    run_dir="bad")
+    assert refused.exit_code != 0 and not bad_dir.exists()
+    result, run_dir = run_evaluate(tmp_path, suite, "evaluation.prefill_tokens=[]", "evaluation.save_attacked=['*']")
     assert result.exit_code == 0, result.output
     kept = run_dir / "attacked" / "aligned"
     assert sorted(p.name for p in kept.iterdir()) == ["orth", "sft"]  # steering is hooks: nothing to keep

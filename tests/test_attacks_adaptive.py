@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
-
 import immunelm.attacks.adaptive as adaptive
 from immunelm.attacks.base import make_adversary
 from immunelm.errors import ImmuneLMError
-from test_cli import TINY_ORGANISM
+from attack_e2e import run_evaluate
 
 
 @pytest.mark.parametrize("steps, fraction, switch", [(100, 0.4, 40), (10, 0.01, 1), (10, 0.99, 9), (2, 0.5, 1)])
@@ -25,19 +23,11 @@ def test_one_step_budget_and_bad_fraction_are_refused_where_written():
 
 
 def test_benign_then_harmful_through_evaluate(tmp_path):
-    from immunelm.cli.main import app
     from immunelm.report import load_report
 
-    organism = [a for a in TINY_ORGANISM if a.startswith("organism.")]
-    suite = tmp_path / "s.yaml"
-    suite.write_text("name: s\nbudget: 6\neval_at: [0, 3, 6]\nadversaries:\n"
-                     "  - {name: warm, kind: benign_then_harmful, examples: 8, benign_fraction: 0.34,"
-                     " train: {batch_size: 4, lr: 1.0e-3}}\n")
-    run_dir = tmp_path / "eval"
-    result = CliRunner().invoke(app, [
-        "evaluate", "--run-dir", str(run_dir), "-m", "aligned=organism:aligned", f"cache_dir={tmp_path / 'cache'}",
-        *organism, f"evaluation.suite={suite}", "evaluation.trainability.train.max_steps=2",
-        "evaluation.trainability.eval_at=[0,2]", "evaluation.generation.progress=false", "evaluation.prefill_tokens=[]"])
+    result, run_dir = run_evaluate(tmp_path, "name: s\nbudget: 6\neval_at: [0, 3, 6]\nadversaries:\n"
+                                   "  - {name: warm, kind: benign_then_harmful, examples: 8, benign_fraction: 0.34,"
+                                   " train: {batch_size: 4, lr: 1.0e-3}}\n", "evaluation.prefill_tokens=[]")
     assert result.exit_code == 0, result.output
     adv = load_report(run_dir).models[0].resistance[0]
     assert adv.info["switch_step"] == 2 and [p.step for p in adv.curve] == [0, 2, 3, 6]  # the switch is scored too

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
 import immunelm.attacks.misdirection as mis
 from immunelm.data import Example
 from immunelm.errors import ImmuneLMError
-from test_cli import TINY_ORGANISM
+from attack_e2e import run_evaluate
 
 
 def test_best_of_first_picks_the_highest_usable_template_among_the_first_k():
@@ -52,19 +51,11 @@ def test_only_templates_the_tokenizer_encodes_are_usable():
 def test_misdirection_through_evaluate_end_to_end(tmp_path):
     """On the shrunken organism English framings are skipped, the benign-context ones are chosen on
     the attacker's pool, and every point is scored with the chosen framing."""
-    from immunelm.cli.main import app
     from immunelm.report import load_report
 
-    organism = [a for a in TINY_ORGANISM if a.startswith("organism.")]
-    suite = tmp_path / "prompt.yaml"
-    suite.write_text("name: prompt\nbudget: 2\nadversaries:\n"
-                     "  - {name: misdirect, kind: misdirection, select_examples: 8, max_new_tokens: 8,"
-                     " templates: [hypothetical, benign-before, benign-after]}\n")
-    run_dir = tmp_path / "eval"
-    result = CliRunner().invoke(app, [
-        "evaluate", "--run-dir", str(run_dir), "-m", "aligned=organism:aligned", f"cache_dir={tmp_path / 'cache'}",
-        *organism, f"evaluation.suite={suite}", "evaluation.trainability.train.max_steps=2",
-        "evaluation.trainability.eval_at=[0,2]", "evaluation.generation.progress=false", "evaluation.prefill_tokens=[]"])
+    result, run_dir = run_evaluate(tmp_path, "name: prompt\nbudget: 2\nadversaries:\n"
+                                   "  - {name: misdirect, kind: misdirection, select_examples: 8, max_new_tokens: 8,"
+                                   " templates: [hypothetical, benign-before, benign-after]}\n", "evaluation.prefill_tokens=[]")
     assert result.exit_code == 0, result.output
     adv = load_report(run_dir).models[0].resistance[0]
     assert (adv.family, adv.budget_unit) == ("prompt", "template") and [p.step for p in adv.curve] == [0, 1, 2, 3]

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Annotated, Callable, Iterator, Literal, Optional, Sequence, Union
 
@@ -47,6 +47,7 @@ from immunelm.attacks.base import AttackData, AttackRun
 from immunelm.config import Config, Seed
 from immunelm.data import IGNORE_INDEX, Example, PaddingCollator, encode_example, encode_prompt
 from immunelm.errors import ImmuneLMError
+from immunelm.eval.generation import eval_mode, left_pad
 from immunelm.models import ModelAdapter
 
 ARDITI_2024 = "https://arxiv.org/abs/2406.11717"
@@ -172,12 +173,7 @@ def pad_id(tokenizer) -> int:
 def left_padded(rows: Sequence[list[int]], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Left padding puts every prompt's last token in the last column; position ids count real
     tokens only, as ``generate`` does, so a padded prompt's activations equal its own."""
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+    ids, mask = left_pad(rows, pad)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
 
@@ -204,17 +200,6 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-@contextmanager
-def eval_mode(model) -> Iterator[None]:
-    """No dropout while measuring; the model's train/eval state is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 # ----------------------------------------------------------------------------- means
