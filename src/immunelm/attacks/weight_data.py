@@ -26,6 +26,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from immunelm.attacks.base import AttackResult, AttackRun
+from immunelm.attacks.finetune import draw
 from immunelm.config import Config, Seed
 from immunelm.data import Example, PaddingCollator
 from immunelm.data.chat import IGNORE_INDEX, encode_examples
@@ -65,12 +66,6 @@ class WeightEditData(Config):
 
 
 # ----------------------------------------------------------------------------- data
-def _draw(pool: list[Example], n: int, rng: random.Random, what: str, attack: str) -> list[Example]:
-    if not pool:
-        raise ImmuneLMError(f"{attack} needs {what} examples but the task's attacker {what} pool is empty")
-    return rng.sample(pool, min(n, len(pool)))  # repeats would add nothing to sums over examples
-
-
 def _refused(judge, harmful: list[Example], answers: list[str]) -> list[bool]:
     """Which answers the evaluation's judge calls refusals (all of them without a judge)."""
     if judge is None:
@@ -101,8 +96,9 @@ def refusal_examples(run: AttackRun, harmful: list[Example], cfg: WeightEditData
 def attack_rows(run: AttackRun, cfg: WeightEditData, attack: str) -> tuple[list[dict], list[dict], dict]:
     """Encoded safety rows, utility rows and what was used (for the result's info)."""
     rng = random.Random(cfg.seed)
-    harmful = _draw(run.data.harmful, cfg.examples, rng, "harmful", attack)
-    benign = _draw(run.data.benign, cfg.examples, rng, "benign", attack)
+    # Without repeats: a repeated example would add nothing to sums over examples.
+    harmful = draw(run.data.harmful, min(cfg.examples, len(run.data.harmful)), rng, "harmful")
+    benign = draw(run.data.benign, min(cfg.examples, len(run.data.benign)), rng, "benign")
     refusals, own = refusal_examples(run, harmful, cfg, attack)
     safety = encode_examples(run.tokenizer, refusals, cfg.max_length, f"{attack} safety data")
     utility = encode_examples(run.tokenizer, benign, cfg.max_length, f"{attack} utility data")
