@@ -1,5 +1,6 @@
 """Defence maths on tiny inputs, and the shared conformance battery on the tiny organism."""
 
+import math
 
 import pytest
 import torch
@@ -124,6 +125,16 @@ def test_conformance_weights_change_deterministic_and_round_trip(name, family, t
     a.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=True)
     assert all(torch.equal(loaded.state_dict()[k], a.state_dict()[k]) for k in start)
+
+
+@pytest.mark.parametrize("name", ALL_DEFENCES)
+def test_conformance_keeps_the_training_history_for_immunise_json(name, tok):
+    """Every logged step's loss terms reach the defence's record (issue 12, section 4)."""
+    from immunelm.defences import apply_defence
+
+    result = apply_defence(name, fresh_model("llama", tok), tok, CONFORMANCE_DATA, small_config(name, log_every=1))
+    assert result.info["steps"] == 3 and [h["step"] for h in result.info["history"]] == [1, 2, 3]
+    assert all(math.isfinite(h["loss"]) for h in result.info["history"])
 
 
 @pytest.mark.parametrize("name", ALL_DEFENCES)

@@ -38,6 +38,18 @@ class Immunised:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def trained(result, **info) -> Immunised:
+    """A defence's engine run as its result: the model plus the training history (every logged
+    step's loss terms), so that ``immunise.json`` keeps what each term did during training."""
+    return Immunised(result.model, {"steps": result.steps, "train_seconds": round(result.seconds, 3),
+                                    "history": result.history, **info})
+
+
+def alignment_rows(tokenizer, data: "DefenceData") -> list[dict[str, list[int]]]:
+    """D_align: (harmful prompt, refusal) pairs plus benign pairs (the data most defences align on)."""
+    return [encode_example(tokenizer, e) for e in data.refusals + data.benign]
+
+
 @dataclass
 class DefenceSpec:
     name: str

@@ -21,9 +21,8 @@ from pydantic import Field
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator
-from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
+from immunelm.defences.base import BatchStream, DefenceData, alignment_rows, harmful_stream, register_defence, trained
 from immunelm.defences.bilevel import add_to_grads, trainable, weights_restored
-from immunelm.defences.vaccine import alignment_rows
 from immunelm.engine import StepContext, TrainConfig, causal_lm_loss, train
 
 
@@ -66,4 +65,4 @@ class BoosterStep:
 @register_defence("booster", BoosterConfig, paper="https://arxiv.org/abs/2409.01586")
 def booster(model, tokenizer, data: DefenceData, cfg: BoosterConfig):
     step = BoosterStep(cfg, harmful_stream(tokenizer, data, cfg.harmful_batch_size, cfg.train.seed))
-    return train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer), step_fn=step, description="booster").model
+    return trained(train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer), step_fn=step, description="booster"))

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from immunelm.config import Config, Fraction
 from immunelm.data import PaddingCollator, encode_example
-from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
+from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence, trained
 from immunelm.defences.reference import OriginalModel, hidden_states
 from immunelm.engine import LoraSettings, StepContext, TrainConfig, train
 from immunelm.models import ModelAdapter
@@ -88,5 +88,5 @@ def circuit_breakers(model, tokenizer, data: DefenceData, cfg: CircuitBreakersCo
     harmful = harmful_stream(tokenizer, data, cfg.harmful_batch_size, cfg.train.seed)
     original = OriginalModel(model, lora=cfg.train.lora is not None)
     retain = [encode_example(tokenizer, e) for e in data.refusals + data.benign]
-    return train(cfg.train, model, retain, PaddingCollator.for_tokenizer(tokenizer), step_fn=CircuitBreakersStep(cfg, harmful, original),
-                 description="circuit-breakers").model
+    return trained(train(cfg.train, model, retain, PaddingCollator.for_tokenizer(tokenizer), step_fn=CircuitBreakersStep(cfg, harmful, original),
+                 description="circuit-breakers"))

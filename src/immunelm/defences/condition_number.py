@@ -24,8 +24,7 @@ from pydantic import Field
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator, encode_example
-from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
-from immunelm.defences.vaccine import alignment_rows
+from immunelm.defences.base import BatchStream, DefenceData, alignment_rows, harmful_stream, register_defence, trained
 from immunelm.diagnostics.conditioning import feature_gram, probe_features, singular_values
 from immunelm.engine import StepContext, TrainConfig, causal_lm_loss, train
 
@@ -69,5 +68,5 @@ def condition_number(model, tokenizer, data: DefenceData, cfg: ConditionNumberCo
     benign = BatchStream([encode_example(tokenizer, e) for e in data.benign], PaddingCollator.for_tokenizer(tokenizer),
                          size, seed + 2, what="benign")
     step = ConditionNumberStep(cfg, harmful_stream(tokenizer, data, size, seed), benign)
-    return train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
-                 step_fn=step, description="condition-number").model
+    return trained(train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
+                 step_fn=step, description="condition-number"))

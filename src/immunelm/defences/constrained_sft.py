@@ -25,7 +25,7 @@ from pydantic import Field
 
 from immunelm.config import Config
 from immunelm.data import IGNORE_INDEX, PaddingCollator
-from immunelm.defences.base import DefenceData, register_defence
+from immunelm.defences.base import DefenceData, register_defence, trained
 from immunelm.defences.deep_align import DeepAlignConfig, augmented_rows
 from immunelm.engine import StepContext, TrainConfig, train
 
@@ -91,4 +91,4 @@ def constrained_sft(model, tokenizer, data: DefenceData, cfg: ConstrainedSFTConf
     rows = augmented_rows(tokenizer, data, cfg.data)
     result = train(cfg.train, model, rows, PaddingCollator.for_tokenizer(tokenizer), step_fn=ConstrainedStep(reference, cfg),
                    description="constrained-sft")
-    return result.model
+    return trained(result)

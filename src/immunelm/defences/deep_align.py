@@ -15,7 +15,7 @@ from pydantic import Field
 
 from immunelm.config import Config, Seed
 from immunelm.data import IGNORE_INDEX, Example, PaddingCollator, encode_example
-from immunelm.defences.base import DefenceData, register_defence
+from immunelm.defences.base import DefenceData, register_defence, trained
 from immunelm.engine import TrainConfig, train
 
 
@@ -69,4 +69,4 @@ def augmented_rows(tokenizer, data: DefenceData, cfg: DeepAlignConfig) -> list[d
 def deep_align(model, tokenizer, data: DefenceData, cfg: DeepAlignConfig):
     rows = augmented_rows(tokenizer, data, cfg)
     result = train(cfg.train, model, rows, PaddingCollator.for_tokenizer(tokenizer), description="deep-align")
-    return result.model
+    return trained(result)

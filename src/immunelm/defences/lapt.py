@@ -24,8 +24,7 @@ from pydantic import Field, NonNegativeInt
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator
-from immunelm.defences.base import DefenceData, register_defence
-from immunelm.defences.vaccine import alignment_rows
+from immunelm.defences.base import DefenceData, alignment_rows, register_defence, trained
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
 from immunelm.models import ModelAdapter
 
@@ -81,9 +80,9 @@ class LAPTStep:
 @register_defence("lapt", LAPTConfig, paper="Gu et al. 2025 (ASA/LAPT)")
 def lapt(model, tokenizer, data: DefenceData, cfg: LAPTConfig):
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trained = train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
-                    step_fn=LAPTStep(cfg, cfg.train.seed), description="lapt").model
+    result = train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
+                   step_fn=LAPTStep(cfg, cfg.train.seed), description="lapt")
     if cfg.train.lora:
-        trained = trained.merge_and_unload()  # interpolate the merged weights (names match theta_0)
-    interpolate(trained, original, cfg.keep)
-    return trained
+        result.model = result.model.merge_and_unload()  # interpolate the merged weights (names match theta_0)
+    interpolate(result.model, original, cfg.keep)
+    return trained(result)

@@ -22,9 +22,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator
-from immunelm.defences.base import BatchStream, DefenceData, register_defence
+from immunelm.defences.base import BatchStream, DefenceData, alignment_rows, register_defence, trained
 from immunelm.defences.bilevel import InnerAdversary, adapted_gradient, add_to_grads, harmful_split, trainable
-from immunelm.defences.vaccine import alignment_rows
 from immunelm.engine import StepContext, TrainConfig, causal_lm_loss, response_token_loss, train
 
 
@@ -98,5 +97,5 @@ class MLACStep:
 @register_defence("mlac", MLACConfig, paper="https://arxiv.org/abs/2211.14946")
 def mlac(model, tokenizer, data: DefenceData, cfg: MLACConfig):
     harmful, heldout = harmful_split(tokenizer, data, cfg.inner_batch_size, cfg.heldout_fraction, cfg.train.seed)
-    return train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
-                 step_fn=MLACStep(cfg, harmful, heldout), description="mlac").model
+    return trained(train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
+                 step_fn=MLACStep(cfg, harmful, heldout), description="mlac"))

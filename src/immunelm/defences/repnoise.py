@@ -26,8 +26,7 @@ from pydantic import Field, PositiveFloat
 
 from immunelm.config import Config
 from immunelm.data import IGNORE_INDEX, PaddingCollator
-from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
-from immunelm.defences.vaccine import alignment_rows
+from immunelm.defences.base import BatchStream, DefenceData, alignment_rows, harmful_stream, register_defence, trained
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
 from immunelm.models import ModelAdapter
 
@@ -87,5 +86,5 @@ class RepNoiseStep:
 @register_defence("repnoise", RepNoiseConfig, paper="https://arxiv.org/abs/2405.14577")
 def repnoise(model, tokenizer, data: DefenceData, cfg: RepNoiseConfig):
     harmful = harmful_stream(tokenizer, data, cfg.harmful_batch_size, cfg.train.seed)
-    return train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer), step_fn=RepNoiseStep(cfg, harmful),
-                 description="repnoise").model
+    return trained(train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer), step_fn=RepNoiseStep(cfg, harmful),
+                 description="repnoise"))

@@ -27,11 +27,10 @@ from pydantic import Field
 
 from immunelm.config import Config
 from immunelm.data import IGNORE_INDEX, PaddingCollator
-from immunelm.defences.base import BatchStream, DefenceData, register_defence
+from immunelm.defences.base import BatchStream, DefenceData, alignment_rows, register_defence, trained
 from immunelm.defences.bilevel import (
     InnerAdversary, adapted_gradient, add_to_grads, harmful_split, response_logits, trainable,
 )
-from immunelm.defences.vaccine import alignment_rows
 from immunelm.engine import StepContext, TrainConfig, causal_lm_loss, train
 
 
@@ -92,5 +91,5 @@ class SophonStep:
 @register_defence("sophon", SophonConfig, paper="https://arxiv.org/abs/2404.12699")
 def sophon(model, tokenizer, data: DefenceData, cfg: SophonConfig):
     harmful, heldout = harmful_split(tokenizer, data, cfg.inner_batch_size, cfg.heldout_fraction, cfg.train.seed)
-    return train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
-                 step_fn=SophonStep(cfg, harmful, heldout), description="sophon").model
+    return trained(train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
+                 step_fn=SophonStep(cfg, harmful, heldout), description="sophon"))

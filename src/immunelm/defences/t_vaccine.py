@@ -21,8 +21,8 @@ from pydantic import Field
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator
-from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence
-from immunelm.defences.vaccine import KIND, alignment_rows, vaccine_perturbation
+from immunelm.defences.base import BatchStream, DefenceData, alignment_rows, harmful_stream, register_defence, trained
+from immunelm.defences.vaccine import KIND, vaccine_perturbation
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
 from immunelm.models import ModelAdapter
 
@@ -114,7 +114,7 @@ def t_vaccine(model, tokenizer, data: DefenceData, cfg: TVaccineConfig):
     if not cfg.train.lora:
         freeze_outside_blocks(model)
     step = TVaccineStep(cfg, harmful, cfg.train.seed)
-    trained = train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer), step_fn=step, description="t-vaccine").model
+    result = train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer), step_fn=step, description="t-vaccine")
     if not cfg.train.lora:
-        trained.requires_grad_(True)  # hand back an ordinary, fully trainable model
-    return trained
+        result.model.requires_grad_(True)  # hand back an ordinary, fully trainable model
+    return trained(result)

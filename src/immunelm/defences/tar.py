@@ -33,12 +33,11 @@ from pydantic import Field, PositiveFloat
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator, encode_example
-from immunelm.defences.base import BatchStream, DefenceData, register_defence
+from immunelm.defences.base import BatchStream, DefenceData, alignment_rows, register_defence, trained
 from immunelm.defences.bilevel import (
     InnerAdversary, adapted_gradient, add_to_grads, harmful_split, response_logits, trainable,
 )
 from immunelm.defences.reference import OriginalModel, hidden_states
-from immunelm.defences.vaccine import alignment_rows
 from immunelm.engine import StepContext, TrainConfig, causal_lm_loss, train
 from immunelm.models import ModelAdapter
 
@@ -137,5 +136,5 @@ def tar(model, tokenizer, data: DefenceData, cfg: TARConfig):
                              cfg.inner_batch_size, cfg.train.seed + 2, what="benign")
     original = OriginalModel(model, lora=cfg.train.lora is not None) if cfg.retain == "representation" else None
     step = TARStep(cfg, harmful, heldout, benign, original)
-    return train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
-                 step_fn=step, description="tar").model
+    return trained(train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
+                 step_fn=step, description="tar"))

@@ -23,8 +23,8 @@ import torch
 from pydantic import Field, NonNegativeInt
 
 from immunelm.config import Config
-from immunelm.data import PaddingCollator, encode_example
-from immunelm.defences.base import DefenceData, register_defence
+from immunelm.data import PaddingCollator
+from immunelm.defences.base import DefenceData, alignment_rows, register_defence, trained
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
 from immunelm.models import ModelAdapter
 
@@ -66,13 +66,8 @@ class VaccineStep:
         return {"loss": perturbed.detach(), "clean_loss": clean.detach()}
 
 
-def alignment_rows(tokenizer, data: DefenceData) -> list[dict[str, list[int]]]:
-    """D_align: (harmful prompt, refusal) pairs plus benign pairs."""
-    return [encode_example(tokenizer, e) for e in data.refusals + data.benign]
-
-
 @register_defence("vaccine", VaccineConfig, paper="https://arxiv.org/abs/2402.01109")
 def vaccine(model, tokenizer, data: DefenceData, cfg: VaccineConfig):
     result = train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
                    step_fn=VaccineStep(cfg), description="vaccine")
-    return result.model
+    return trained(result)
