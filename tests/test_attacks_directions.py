@@ -13,7 +13,7 @@ import torch
 from immunelm.attacks import AttackData, AttackRun, build_attack, make_adversary
 from immunelm.attacks.directions import (
     Candidate, DirectionConfig, answer_logprob, candidate_positions, choose, difference_of_means, left_padded, mean_kl,
-    prompt_rows, refusal_logodds, refusal_tokens, resolve_layer, shared_suffix, split_pools,
+    prompt_rows, refusal_logodds, refusal_tokens, shared_suffix, split_pools,
 )
 from immunelm.attacks.refusal_ablation import (
     RefusalDirectionConfig, _check_edit, ablation_hooks, orthogonalise, project_out, residual_projection,
@@ -21,6 +21,7 @@ from immunelm.attacks.refusal_ablation import (
 from immunelm.attacks.steering import SteeringConfig, steered
 from immunelm.data import Example, encode_example
 from immunelm.errors import ImmuneLMError
+from immunelm.models.depth import resolve_layer
 from immunelm.models import ModelAdapter, tiny_model, tiny_tokenizer
 from immunelm.models.hooks import HookPoint
 from attack_e2e import run_evaluate

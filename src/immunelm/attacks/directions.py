@@ -37,7 +37,7 @@ import random
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Annotated, Callable, Iterator, Literal, Optional, Sequence, Union
+from typing import Callable, Iterator, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +49,10 @@ from immunelm.data import IGNORE_INDEX, Example, PaddingCollator, encode_example
 from immunelm.errors import ImmuneLMError
 from immunelm.eval.generation import eval_mode, left_pad
 from immunelm.models import ModelAdapter
+from immunelm.models.depth import LayerChoice, resolve_layer
 
 ARDITI_2024 = "https://arxiv.org/abs/2406.11717"
 
-#: A layer index, or a fraction of the depth in [0, 1) (0.5 = the middle block).
-LayerChoice = Union[Annotated[int, Field(ge=0, le=4095)], Annotated[float, Field(ge=0, lt=1)]]
 #: Candidates whose difference of means is this small carry no direction (e.g. block 0 at a
 #: template token: every prompt has the same embedding there).
 MIN_NORM = 1e-6
@@ -222,15 +221,6 @@ def difference_of_means(model, harmful: Sequence[list[int]], harmless: Sequence[
     """r_i^(l) for every layer and the last ``positions`` positions: ``[layers, positions, hidden]``."""
     return (mean_activations(model, harmful, positions, pad, batch_size)
             - mean_activations(model, harmless, positions, pad, batch_size))
-
-
-def resolve_layer(layer: LayerChoice, num_layers: int) -> int:
-    """An index as given (checked against the depth), or a fraction of the depth."""
-    if isinstance(layer, float):
-        return min(int(layer * num_layers), num_layers - 1)
-    if layer >= num_layers:
-        raise ImmuneLMError(f"layer {layer} out of range: the model has {num_layers} blocks (0..{num_layers - 1})")
-    return layer
 
 
 def candidate_layers(cfg: DirectionConfig, num_layers: int) -> list[int]:

@@ -47,7 +47,7 @@ from immunelm.attacks.base import AttackResult, AttackRun, register_attack
 from immunelm.config import Config, Seed
 from immunelm.data import Example, PaddingCollator
 from immunelm.data.chat import IGNORE_INDEX, encode_prompt
-from immunelm.engine import StepContext, TrainConfig, train
+from immunelm.engine import StepContext, TrainConfig, label_logprobs, train
 from immunelm.errors import ImmuneLMError
 from immunelm.eval.generation import GenerationConfig
 # The evaluation's own decoding parts, so rollouts end, pad and sample exactly as scored answers do
@@ -126,12 +126,8 @@ def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1
     """(log pi(y_t | y_<t) at each next-token position, mask of labelled positions), both (B, T-1).
 
     Rows are right-padded, so positions count from each row's first token as in sampling."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE_INDEX
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    picked = torch.gather(logp, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return picked, mask
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return label_logprobs(logits, batch["labels"], temperature)
 
 
 # ------------------------------------------------------------------------------------ rollouts

@@ -20,14 +20,13 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from immunelm.config import Config
 from immunelm.data import IGNORE_INDEX, PaddingCollator
 from immunelm.defences.base import DefenceData, register_defence, trained
 from immunelm.defences.deep_align import DeepAlignConfig, augmented_rows
-from immunelm.engine import StepContext, TrainConfig, train
+from immunelm.engine import StepContext, TrainConfig, label_logprobs, train
 
 
 class ConstrainedSFTConfig(Config):
@@ -55,15 +54,6 @@ def position_betas(labels: torch.Tensor, cfg: ConstrainedSFTConfig) -> torch.Ten
 def token_weights(logp: torch.Tensor, logp_ref: torch.Tensor, beta: torch.Tensor, min_weight: float) -> torch.Tensor:
     """w_t = stopgrad(2 (1 - sigmoid(beta_t (log p_theta - log p_ref)))), clamped below."""
     return (2 * (1 - torch.sigmoid(beta * (logp - logp_ref)))).clamp(min=min_weight).detach()
-
-
-def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(y_t) at every shifted position (0 where unlabelled) and the label mask."""
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = logp.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return picked * mask, mask
 
 
 class ConstrainedStep:

@@ -59,6 +59,15 @@ def response_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     )
 
 
+def label_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(y_t | y_<t) at every next-token position, 0 where unlabelled; the label mask), both (B, T-1)."""
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+    picked = logp.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask, mask
+
+
 def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Forward ``batch`` through ``model`` and return its response-token cross-entropy."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -1,0 +1,88 @@
+"""Family 3 (collapse traps, unlearning, the frontier): maths on tiny inputs."""
+
+import math
+
+import pytest
+import torch
+
+from immunelm.defences import apply_defence
+from immunelm.defences.npo import npo_loss
+from immunelm.defences.rmu import RMUConfig, random_direction, token_mse
+from immunelm.defences.unlearning import sequence_logprob
+from immunelm.engine import TrainConfig
+from test_defences import CONFORMANCE_DATA, fresh_model, tok  # noqa: F401  (fixture)
+from test_defences_family2 import lm_batch
+
+
+# ------------------------------------------------------------------------------------- NPO
+def test_npo_loss_starts_at_2_log2_over_beta_and_its_gradient_is_gradient_ascent():
+    """At theta = theta_ref: L = (2/beta) log 2 and dL/dlogp = 1/B for every beta (gradient ascent
+    on the forget log-likelihood); the weight 2 sigmoid(beta delta) fades as delta -> -inf."""
+    for beta in (0.05, 0.1, 1.0):
+        logp = torch.tensor([-3.0, -5.0], requires_grad=True)
+        loss = npo_loss(logp, logp.detach(), beta)
+        assert math.isclose(loss.item(), 2 * math.log(2) / beta, rel_tol=1e-6)
+        loss.backward()
+        assert torch.allclose(logp.grad, torch.full((2,), 0.5))
+    far = torch.tensor([-40.0], requires_grad=True)
+    npo_loss(far, torch.tensor([0.0]), 0.1).backward()
+    assert far.grad.item() == pytest.approx(2 * torch.sigmoid(torch.tensor(-4.0)).item(), rel=1e-5)
+
+
+def test_npo_loss_increases_with_the_forget_likelihood():
+    ref = torch.zeros(1)
+    losses = [npo_loss(torch.tensor([d]), ref, 0.1).item() for d in (-10.0, -1.0, 0.0, 1.0, 10.0)]
+    assert losses == sorted(losses) and min(losses) > 0
+
+
+def test_sequence_logprob_sums_only_labelled_tokens():
+    batch = lm_batch(2)
+    logits = torch.randn(2, 8, 32)
+    logp = torch.log_softmax(logits, dim=-1)
+    expected = [sum(logp[b, t - 1, batch["labels"][b, t]] for t in range(3, 8)) for b in range(2)]
+    assert torch.allclose(sequence_logprob(logits, batch["labels"]), torch.stack(expected), atol=1e-5)
+
+
+def test_npo_lowers_the_forget_likelihood_relative_to_the_reference(tok):
+    """The defence's own record: log pi/pi_ref on the forget set goes negative during training."""
+    cfg = TrainConfig(max_steps=6, batch_size=2, lr=1e-2, progress=False, log_every=1)
+    from immunelm.defences.npo import NPOConfig
+
+    result = apply_defence("npo", fresh_model("llama", tok), tok, CONFORMANCE_DATA, NPOConfig(train=cfg, forget_batch_size=4))
+    ratios = [h["forget_log_ratio"] for h in result.info["history"]]
+    assert ratios[0] == pytest.approx(0.0, abs=1e-6) and ratios[-1] < -0.1
+
+
+# ------------------------------------------------------------------------------------- RMU
+def test_rmu_direction_is_a_seeded_unit_vector_in_the_positive_orthant():
+    u = random_direction(64, seed=3)
+    assert u.norm().item() == pytest.approx(1.0, abs=1e-6) and (u >= 0).all()
+    assert torch.equal(u, random_direction(64, seed=3)) and not torch.equal(u, random_direction(64, seed=4))
+
+
+def test_token_mse_ignores_padding_and_is_zero_at_the_target():
+    target = torch.ones(4)
+    hidden = torch.ones(1, 3, 4)
+    hidden[0, 2] = 100.0  # a padding position
+    mask = torch.tensor([[1, 1, 0]])
+    assert token_mse(hidden, target, mask).item() == 0.0
+    hidden[0, 1] = 3.0
+    assert token_mse(hidden, target, mask).item() == pytest.approx(2.0)  # ((3-1)^2 + 0) / 2 tokens
+
+
+def test_rmu_trains_only_the_mlps_at_and_below_its_layer(tok):
+    model = fresh_model("llama", tok)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = RMUConfig(layer=1, updated_layers=2, train=TrainConfig(max_steps=3, batch_size=2, lr=1e-2, progress=False))
+    result = apply_defence("rmu", model, tok, CONFORMANCE_DATA, cfg)
+    changed = {k for k, v in result.model.state_dict().items() if not torch.equal(v, start[k])}
+    assert changed and all(".mlp." in k and k.split(".layers.")[1].split(".")[0] in {"0", "1"} for k in changed), changed
+    assert result.info["updated_layers"] == [0, 1] and all(p.requires_grad for p in result.model.parameters())
+
+
+def test_rmu_coefficient_is_relative_to_the_residual_norm_unless_absolute(tok):
+    cfg = RMUConfig(layer=1, train=TrainConfig(max_steps=1, batch_size=2, progress=False))
+    relative = apply_defence("rmu", fresh_model("llama", tok), tok, CONFORMANCE_DATA, cfg).info["coefficient"]
+    absolute = apply_defence("rmu", fresh_model("llama", tok), tok, CONFORMANCE_DATA,
+                             cfg.model_copy(update={"absolute": True})).info["coefficient"]
+    assert absolute == 6.5 and relative != absolute and relative > 0
