@@ -86,3 +86,62 @@ def test_rmu_coefficient_is_relative_to_the_residual_norm_unless_absolute(tok):
     absolute = apply_defence("rmu", fresh_model("llama", tok), tok, CONFORMANCE_DATA,
                              cfg.model_copy(update={"absolute": True})).info["coefficient"]
     assert absolute == 6.5 and relative != absolute and relative > 0
+
+
+# ----------------------------------------------------------------------------------- CTRAP
+def test_ctrap_collapse_loss_is_zero_at_its_optimum_and_ignores_prompts():
+    from immunelm.defences.ctrap import collapse_labels
+    from immunelm.engine import response_token_loss
+
+    batch = lm_batch(2)
+    labels = collapse_labels(batch["labels"], token=7)
+    assert (labels[:, :3] == -100).all() and (labels[:, 3:] == 7).all()
+    logits = torch.zeros(2, 8, 32)
+    logits[..., 7] = 50.0  # a model that always says e
+    assert response_token_loss(logits, labels).item() < 1e-12
+    assert response_token_loss(torch.zeros(2, 8, 32), labels).item() == pytest.approx(math.log(32), rel=1e-6)
+
+
+def test_ctrap_update_equals_formula_by_hand(tiny_llama):
+    """grad == grad l_align(w) + lambda * grad l_collapse(w - alpha g_h/||g_h||); weights restored."""
+    from immunelm.data import PaddingCollator
+    from immunelm.defences.base import BatchStream
+    from immunelm.defences.ctrap import CTRAPConfig, CTRAPStep, collapse_labels
+    from immunelm.engine import StepContext, causal_lm_loss
+    from immunelm.engine.engine import get_accelerator
+    from immunelm.engine.sampling import BatchOrder
+
+    model = tiny_llama(dropout=0.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    harm = lm_batch(4, seed=1)
+    rows = [{"input_ids": i, "labels": l} for i, l in zip(harm["input_ids"].tolist(), harm["labels"].tolist())]
+    batch = lm_batch(3, seed=2)
+    step = CTRAPStep(CTRAPConfig(lam=0.3, alpha=0.1), BatchStream(rows, PaddingCollator(0), 4, 1), token=5)
+    step(StepContext(model, get_accelerator(), 0, 1, 1), batch)
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+    first = next(BatchOrder(4, 4, 1).batches())
+    harmful = PaddingCollator(0)([rows[i] for i in first])
+    params = list(model.parameters())
+    g_h = torch.autograd.grad(causal_lm_loss(model, harmful), params)
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in g_h))
+    shifted = tiny_llama(dropout=0.0)
+    with torch.no_grad():
+        for p, q, g in zip(shifted.parameters(), params, g_h):
+            p.copy_(q - 0.1 * g / norm)
+    trap = {**batch, "labels": collapse_labels(batch["labels"], 5)}
+    g_c = torch.autograd.grad(causal_lm_loss(shifted, trap), list(shifted.parameters()))
+    g_a = torch.autograd.grad(causal_lm_loss(model, batch), params)
+    for (name, _), a, c in zip(model.named_parameters(), g_a, g_c):
+        torch.testing.assert_close(got[name], a + 0.3 * c, rtol=1e-4, atol=1e-6)
+
+
+def test_ctrap_collapse_token_falls_back_on_a_word_level_vocabulary(tok):
+    from immunelm.defences.ctrap import collapse_token_id
+    from immunelm.errors import ImmuneLMError
+
+    token, word = collapse_token_id(tok, None)
+    assert word == "the" and token == tok("the", add_special_tokens=False)["input_ids"][0]
+    with pytest.raises(ImmuneLMError, match="defence.collapse_token"):
+        collapse_token_id(tok, "error")

@@ -1,5 +1,5 @@
-"""Parts shared by the defences that simulate an attacker inside their step: Booster's one
-normalised harmful step, and the bi-level (meta-learning) defences MLAC, TAR and SOPHON.
+"""Parts shared by the defences that simulate an attacker inside their step: Booster's and
+CTRAP's one normalised harmful step, and the bi-level (meta-learning) defences MLAC, TAR and SOPHON.
 
 A bi-level outer step lets a simulated adversary fine-tune the current weights theta for K inner
 steps, reads an outer loss at the adapted weights theta', and puts theta back exactly. The outer
@@ -55,6 +55,18 @@ def weights_restored(params: list[torch.nn.Parameter]) -> Iterator[None]:
             for p, weight, grad in zip(params, saved, grads):
                 p.copy_(weight)
                 p.grad = grad
+
+
+@contextmanager
+def after_normalised_step(params: list[torch.nn.Parameter], grads: list[torch.Tensor], alpha: float) -> Iterator[None]:
+    """Inside the block the weights are w' = w - alpha * g / ||g|| (one normalised simulated harmful
+    step, ||g|| over all params: Booster, CTRAP); on exit weights and ``.grad`` are exactly as before."""
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)) + 1e-12
+    with weights_restored(params):
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(alpha * g / norm)
+        yield
 
 
 def add_to_grads(ctx: StepContext, params: list[torch.nn.Parameter], extras: list[torch.Tensor]) -> None:

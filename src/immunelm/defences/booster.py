@@ -22,7 +22,7 @@ from pydantic import Field
 from immunelm.config import Config
 from immunelm.data import PaddingCollator
 from immunelm.defences.base import BatchStream, DefenceData, alignment_rows, harmful_stream, register_defence, trained
-from immunelm.defences.bilevel import add_to_grads, trainable, weights_restored
+from immunelm.defences.bilevel import add_to_grads, after_normalised_step, trainable
 from immunelm.engine import StepContext, TrainConfig, causal_lm_loss, train
 
 
@@ -49,11 +49,7 @@ class BoosterStep:
         harmful = self.harmful.next(batch["input_ids"].device)
         h = causal_lm_loss(ctx.model, harmful)
         g_h = torch.autograd.grad(h, params)
-        norm = torch.sqrt(sum(g.pow(2).sum() for g in g_h)) + 1e-12
-        with weights_restored(params):
-            with torch.no_grad():
-                for p, g in zip(params, g_h):
-                    p.sub_(self.cfg.alpha * g / norm)
+        with after_normalised_step(params, list(g_h), self.cfg.alpha):
             h_shifted = causal_lm_loss(ctx.model, harmful)
             g_h_shifted = torch.autograd.grad(h_shifted, params)
         f = causal_lm_loss(ctx.model, batch)
