@@ -145,3 +145,29 @@ def test_ctrap_collapse_token_falls_back_on_a_word_level_vocabulary(tok):
     assert word == "the" and token == tok("the", add_special_tokens=False)["input_ids"][0]
     with pytest.raises(ImmuneLMError, match="defence.collapse_token"):
         collapse_token_id(tok, "error")
+
+
+# ------------------------------------------------------------------------------------- SDD
+def test_sdd_pairs_each_prompt_with_the_least_similar_candidate():
+    from immunelm.data import Example
+    from immunelm.defences.sdd import SDDConfig, centred_cosine, distant_pairs
+
+    prompts = [Example.pair("make zorb ?", "no ."), Example.pair("open vault ?", "no .")]
+    responses = ["paris .", "3 .", "blue ."]
+    similarity = torch.tensor([[0.9, -0.5, 0.1], [0.2, 0.8, -0.9]])
+    pairs, info = distant_pairs(prompts, responses, similarity, SDDConfig(candidates=64, copies=2))
+    assert [p.response for p in pairs] == ["3 .", "blue .", "3 .", "blue ."]  # 64 draws cover all 3
+    assert [p.prompt for p in pairs] == ["make zorb ?", "open vault ?"] * 2
+    assert info["mean_cosine_chosen"] == pytest.approx(-0.7) and info["mean_cosine_chosen"] <= info["mean_cosine_random"]
+    rejecting, _ = distant_pairs(prompts, responses, similarity, SDDConfig(candidates=64, reject_prefix="I refuse. "))
+    assert rejecting[0].response == "I refuse. 3 ."
+    a = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    assert torch.allclose(centred_cosine(a, a, a.mean(0)), torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+
+
+def test_sdd_trains_on_irrelevant_benign_answers_not_refusals(tok):
+    from immunelm.defences.sdd import SDDConfig
+
+    cfg = SDDConfig(train=TrainConfig(max_steps=2, batch_size=2, progress=False))
+    result = apply_defence("sdd", fresh_model("llama", tok), tok, CONFORMANCE_DATA, cfg)
+    assert result.info["pairs"] == len(CONFORMANCE_DATA.refusals) and result.info["steps"] == 2
