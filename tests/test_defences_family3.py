@@ -171,3 +171,51 @@ def test_sdd_trains_on_irrelevant_benign_answers_not_refusals(tok):
     cfg = SDDConfig(train=TrainConfig(max_steps=2, batch_size=2, progress=False))
     result = apply_defence("sdd", fresh_model("llama", tok), tok, CONFORMANCE_DATA, cfg)
     assert result.info["pairs"] == len(CONFORMANCE_DATA.refusals) and result.info["steps"] == 2
+
+
+# ------------------------------------------------------------------------------------ SEAM
+def two_layer_losses(seed: int = 0):
+    """A 2-layer tanh network (float64) and two regression losses on different data."""
+    gen = torch.Generator().manual_seed(seed)
+    w1 = torch.nn.Parameter(torch.randn(5, 4, generator=gen, dtype=torch.float64))
+    w2 = torch.nn.Parameter(torch.randn(1, 5, generator=gen, dtype=torch.float64))
+    xa, ya = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.randn(6, 1, generator=gen, dtype=torch.float64)
+    xb, yb = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.randn(6, 1, generator=gen, dtype=torch.float64)
+
+    def loss(x, y):
+        return lambda: ((torch.tanh(x @ w1.T) @ w2.T - y) ** 2).mean()
+
+    return [w1, w2], loss(xa, ya), loss(xb, yb)
+
+
+def test_seam_finite_difference_matches_the_exact_hessian_vector_gradient():
+    from immunelm.defences.seam import cosine, self_destructive_gradient
+
+    params, harmful, benign = two_layer_losses()
+    g_a = torch.autograd.grad(harmful(), params, create_graph=True)
+    g_b = torch.autograd.grad(benign(), params, create_graph=True)
+    exact = torch.autograd.grad(cosine(list(g_a), list(g_b)), params)
+    estimate, c = self_destructive_gradient(params, harmful, benign, eps=1e-6)
+    assert -1 <= c <= 1
+    for e, x in zip(estimate, exact):
+        torch.testing.assert_close(e, x, rtol=1e-4, atol=1e-7)
+    coarse, _ = self_destructive_gradient(params, harmful, benign, eps=1e-1)  # the estimate is first-order in eps
+    assert max((a - b).abs().max() for a, b in zip(coarse, exact)) > max((a - b).abs().max() for a, b in zip(estimate, exact))
+    assert all(p.grad is None for p in params)  # no gradient left behind
+
+
+def test_seam_descending_its_term_pushes_the_gradients_apart():
+    from immunelm.defences.seam import cosine, self_destructive_gradient
+
+    params, harmful, benign = two_layer_losses(seed=1)
+
+    def cos_now():
+        return float(cosine(list(torch.autograd.grad(harmful(), params)), list(torch.autograd.grad(benign(), params))))
+
+    start = cos_now()
+    for _ in range(20):
+        estimate, _ = self_destructive_gradient(params, harmful, benign, eps=1e-4)
+        with torch.no_grad():
+            for p, g in zip(params, estimate):
+                p.sub_(0.05 * g)
+    assert cos_now() < start - 0.1
