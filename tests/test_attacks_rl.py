@@ -11,7 +11,7 @@ import torch
 from immunelm.attacks import rl  # noqa: F401  (registers harmful_rl)
 from immunelm.attacks.base import AttackData, AttackRun, build_attack
 from immunelm.attacks.rl import (
-    GRPOAttackConfig, GRPOStep, Reference, group_advantages, grpo_loss, harmful_rl, judge_rewards, k3_kl,
+    GRPOAttackConfig, GRPOStep, JudgeReward, Reference, group_advantages, grpo_loss, harmful_rl, judge_rewards, k3_kl,
     sample_completions, token_logprobs,
 )
 from immunelm.data import Example, PaddingCollator
@@ -185,7 +185,7 @@ def test_step_gradient_is_reinforce_with_group_normalised_advantages(tok):
     computed one completion at a time without padding (completions of different lengths)."""
     model = policy(tok, eos_bias=4.0)
     config = cfg(beta=0.0, temperature=1.3)
-    step = GRPOStep(config, HARM, tok, StandInJudge(), reference=None)
+    step = GRPOStep(config, HARM, tok, JudgeReward(StandInJudge(), config.collapse_penalty), reference=None)
     metrics = step(ctx_for(model), {"prompt": torch.tensor([0, 2])})
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -213,11 +213,11 @@ def test_kl_is_zero_at_the_reference_and_positive_after_the_policy_moves(tok):
     model = policy(tok)
     batch = {"prompt": torch.tensor([0, 1])}
     reference = Reference(model, lora=False)
-    with_kl = GRPOStep(cfg(beta=0.5), HARM, tok, StandInJudge(), reference)
+    with_kl = GRPOStep(cfg(beta=0.5), HARM, tok, JudgeReward(StandInJudge(), 1.0), reference)
     assert with_kl(ctx_for(model), batch)["kl"].item() == 0.0
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    GRPOStep(cfg(beta=0.0), HARM, tok, StandInJudge(), None)(ctx_for(model), batch)
+    GRPOStep(cfg(beta=0.0), HARM, tok, JudgeReward(StandInJudge(), 1.0), None)(ctx_for(model), batch)
     for g, p in zip(grads, model.parameters()):  # d k3 / d logp = 1 - pi_ref / pi = 0 at pi = pi_ref
         torch.testing.assert_close(g, p.grad)
     with torch.no_grad():
@@ -289,9 +289,9 @@ def test_resumed_run_equals_uninterrupted_run(tok, tmp_path):
 
     def run(steps, out, resume=False):
         model = policy(tok)
-        step = GRPOStep(config, HARM, tok, StandInJudge(), Reference(model, lora=False))
+        step = GRPOStep(config, HARM, tok, JudgeReward(StandInJudge(), config.collapse_penalty), Reference(model, lora=False))
         train_cfg = config.train.model_copy(update={"max_steps": steps, "checkpoint_every": 2})
-        train(train_cfg, model, [0, 1, 2], rl._prompt_batch, step_fn=step, output_dir=out, resume=resume, log=lambda m: None)
+        train(train_cfg, model, [0, 1, 2], rl.prompt_batch, step_fn=step, output_dir=out, resume=resume, log=lambda m: None)
         return model.state_dict()
 
     whole = run(4, tmp_path / "whole")

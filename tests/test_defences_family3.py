@@ -219,3 +219,54 @@ def test_seam_descending_its_term_pushes_the_gradients_apart():
             for p, g in zip(params, estimate):
                 p.sub_(0.05 * g)
     assert cos_now() < start - 0.1
+
+
+# ------------------------------------------------------------------------------ TokenBuncher
+def test_tokenbuncher_reward_is_minus_the_mean_response_entropy():
+    from immunelm.defences.tokenbuncher import EntropyReward
+
+    logits = torch.zeros(2, 5, 16)  # row 0: uniform over 16 tokens everywhere
+    logits[1, :, 3] = 100.0  # row 1: certain everywhere
+    mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]], dtype=torch.bool)  # completion positions
+    rewards, metrics = EntropyReward(temperature=1.0)(None, None, logits, mask)
+    assert rewards[0].item() == pytest.approx(-math.log(16), rel=1e-6) and rewards[1].item() == pytest.approx(0.0, abs=1e-6)
+    assert metrics["entropy"].item() == pytest.approx(math.log(16) / 2, rel=1e-6)
+    hot, _ = EntropyReward(temperature=2.0)(None, None, logits, mask)
+    assert hot[1] < rewards[1] and hot[0].item() == pytest.approx(-math.log(16), rel=1e-6)  # temperature flattens
+
+
+def test_token_noiser_target_keeps_1_minus_eps_on_the_label_and_eps_on_the_tail():
+    from immunelm.defences.tokenbuncher import noisy_targets
+
+    labels = torch.tensor([[2, 5, 0]])
+    target = noisy_targets(labels, vocab=8, eps=0.1, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(target.sum(-1), torch.ones(1, 3))
+    assert torch.allclose(target.gather(-1, labels.unsqueeze(-1)).squeeze(-1), torch.full((1, 3), 0.9))
+    tail = target.clone().scatter_(-1, labels.unsqueeze(-1), 0.0)
+    assert (tail >= 0).all() and torch.allclose(tail.sum(-1), torch.full((1, 3), 0.1))
+    assert noisy_targets(labels, 8, 0.0, torch.Generator()).eq(torch.nn.functional.one_hot(labels, 8).float()).all()
+
+
+def test_token_noiser_loss_counts_only_non_negative_advantage_completions():
+    from immunelm.attacks.rl import ScoredRollout
+    from immunelm.defences.tokenbuncher import noiser_loss
+
+    labels = torch.tensor([[-100, 4, 4], [-100, 4, 4]])
+    logits = torch.zeros(2, 3, 8)
+    logits[0, :, 4] = 50.0  # row 0 predicts its completion perfectly
+    mask = labels[:, 1:] != -100
+    scored = ScoredRollout({"labels": labels}, logits, None, mask, None, torch.tensor([0.5, -0.5]), {}, 0)
+    low = noiser_loss(scored, 0.0, torch.Generator())
+    assert low.item() < 1e-6  # only row 0 counts; row 1 (uniform logits) would add log 8
+    scored.advantages = torch.tensor([-0.5, 0.5])
+    assert noiser_loss(scored, 0.0, torch.Generator()).item() == pytest.approx(math.log(8), rel=1e-5)
+
+
+def test_tokenbuncher_schedule_warms_up_on_grpo_then_alternates(tok):
+    from immunelm.defences.tokenbuncher import TokenBuncherConfig
+
+    cfg = TokenBuncherConfig(warmup_steps=2, noiser_every=2, max_new_tokens=3,
+                             train=TrainConfig(max_steps=6, batch_size=1, lr=1e-3, progress=False, log_every=1))
+    result = apply_defence("tokenbuncher", fresh_model("llama", tok), tok, CONFORMANCE_DATA, cfg)
+    assert [h["noiser_step"] for h in result.info["history"]] == [0, 0, 1, 0, 1, 0]
+    assert all(h["entropy"] >= 0 and h["reward"] == pytest.approx(-h["entropy"]) for h in result.info["history"])

@@ -175,6 +175,25 @@ def judge_rewards(judge, examples: Sequence[Example], texts: Sequence[str],
     return torch.tensor(rewards, dtype=torch.float32), verdicts
 
 
+class JudgeReward:
+    """The attacker's reward: the evaluation's judge (harmfulness, -penalty when collapsed), with
+    the outcome rates as metrics. A reward sees the completions' text and the policy's detached
+    logits over the sampled sequences (TokenBuncher's entropy reward reads those instead)."""
+
+    def __init__(self, judge, collapse_penalty: float) -> None:
+        self.judge, self.collapse_penalty = judge, collapse_penalty
+
+    def __call__(self, examples: Sequence[Example], texts: Sequence[str], logits: torch.Tensor,
+                 mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rewards, verdicts = judge_rewards(self.judge, examples, texts, self.collapse_penalty)
+
+        def rate(outcome: str) -> torch.Tensor:
+            return torch.tensor(sum(v.outcome == outcome for v in verdicts) / len(verdicts))
+
+        return rewards, {"harmful": torch.tensor(sum(v.harmful for v in verdicts) / len(verdicts)),
+                         "refused": rate(REFUSED), "collapsed": rate(COLLAPSED)}
+
+
 class Reference:
     """pi_ref, the model as the attack found it: a frozen copy under full fine-tuning, or under
     LoRA the trained network with its adapters switched off (no second copy in memory)."""
@@ -190,11 +209,25 @@ class Reference:
 
 # ------------------------------------------------------------------------------- step function
 
-class GRPOStep:
-    """The engine step: rollouts for this micro-batch's prompts, judge rewards, one GRPO backward."""
+@dataclass
+class ScoredRollout:
+    """One micro-batch's sampled completions with everything a policy update needs."""
 
-    def __init__(self, cfg: GRPOAttackConfig, prompts: list[Example], tokenizer, judge, reference: Reference | None) -> None:
-        self.cfg, self.prompts, self.tokenizer, self.judge, self.reference = cfg, prompts, tokenizer, judge, reference
+    seqs: dict[str, torch.Tensor]  # prompt + completion rows (completion labelled), on the device
+    logits: torch.Tensor  # the policy's logits over seqs (with autograd graph)
+    logp: torch.Tensor  # log pi of each sampled token at the sampling temperature, (completions, positions)
+    mask: torch.Tensor  # completion positions
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+    seed: int  # the rollouts' seed: anything else random in this step derives from it (resumable)
+
+
+class GRPOStep:
+    """The engine step: rollouts for this micro-batch's prompts, rewards, one GRPO backward."""
+
+    def __init__(self, cfg: GRPOAttackConfig, prompts: list[Example], tokenizer, reward, reference: Reference | None) -> None:
+        self.cfg, self.prompts, self.tokenizer, self.reward, self.reference = cfg, prompts, tokenizer, reward, reference
         self.collate = PaddingCollator.for_tokenizer(tokenizer)
         self._step, self._micro = -1, 0
 
@@ -206,36 +239,38 @@ class GRPOStep:
         index = (ctx.step * ctx.grad_accum + self._micro - 1) * ctx.accelerator.num_processes + ctx.accelerator.process_index
         return (self.cfg.seed * 1_000_003 + index) % 2**63
 
-    def __call__(self, ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def scored_rollout(self, ctx: StepContext, batch: dict[str, torch.Tensor]) -> ScoredRollout:
+        """Sample group_size completions per prompt, run the policy over them, reward them."""
         cfg = self.cfg
         policy = ctx.accelerator.unwrap_model(ctx.model)
         examples = [self.prompts[i] for i in batch["prompt"].tolist() for _ in range(cfg.group_size)]
-        rollout = sample_completions(policy, self.tokenizer, examples, cfg.max_new_tokens, cfg.temperature,
-                                     self.rollout_seed(ctx))
-        rewards, verdicts = judge_rewards(self.judge, examples, rollout.texts, cfg.collapse_penalty)
+        seed = self.rollout_seed(ctx)
+        rollout = sample_completions(policy, self.tokenizer, examples, cfg.max_new_tokens, cfg.temperature, seed)
         device = batch["prompt"].device
         seqs = {k: v.to(device) for k, v in self.collate(rollout.rows).items()}
-        logp, mask = token_logprobs(ctx.model, seqs, cfg.temperature)
-        ref_logp = self.reference.logprobs(policy, seqs, cfg.temperature) if self.reference is not None else None
+        logits = ctx.model(input_ids=seqs["input_ids"], attention_mask=seqs["attention_mask"]).logits
+        logp, mask = label_logprobs(logits, seqs["labels"], cfg.temperature)
+        rewards, metrics = self.reward(examples, rollout.texts, logits.detach(), mask)
         advantages = group_advantages(rewards, cfg.group_size, cfg.advantage_eps).to(device)
-        loss = grpo_loss(logp, logp.detach(), advantages, mask, cfg.clip_eps, cfg.beta, ref_logp)
+        metrics = {"reward": rewards.mean(), **metrics, "completion_tokens": mask.sum(dim=1).float().mean()}
+        return ScoredRollout(seqs, logits, logp, mask, rewards, advantages, metrics, seed)
+
+    def policy_loss(self, ctx: StepContext, scored: ScoredRollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The GRPO objective on a scored rollout (and the KL metric when there is a reference)."""
+        cfg, policy = self.cfg, ctx.accelerator.unwrap_model(ctx.model)
+        ref_logp = self.reference.logprobs(policy, scored.seqs, cfg.temperature) if self.reference is not None else None
+        loss = grpo_loss(scored.logp, scored.logp.detach(), scored.advantages, scored.mask, cfg.clip_eps, cfg.beta, ref_logp)
+        extra = {"kl": sequence_mean(k3_kl(scored.logp.detach(), ref_logp), scored.mask).mean()} if ref_logp is not None else {}
+        return loss, extra
+
+    def __call__(self, ctx: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        scored = self.scored_rollout(ctx, batch)
+        loss, extra = self.policy_loss(ctx, scored)
         ctx.backward(loss)
-        return self._metrics(loss, rewards, verdicts, logp, ref_logp, mask)
-
-    def _metrics(self, loss, rewards, verdicts, logp, ref_logp, mask) -> dict[str, torch.Tensor]:
-        def rate(outcome: str) -> torch.Tensor:
-            return torch.tensor(sum(v.outcome == outcome for v in verdicts) / len(verdicts))
-
-        out = {"loss": loss.detach(), "reward": rewards.mean(),
-               "harmful": torch.tensor(sum(v.harmful for v in verdicts) / len(verdicts)),
-               "refused": rate(REFUSED), "collapsed": rate(COLLAPSED),
-               "completion_tokens": mask.sum(dim=1).float().mean()}
-        if ref_logp is not None:
-            out["kl"] = sequence_mean(k3_kl(logp.detach(), ref_logp), mask).mean()
-        return out
+        return {"loss": loss.detach(), **scored.metrics, **extra}
 
 
-def _prompt_batch(rows: list[int]) -> dict[str, torch.Tensor]:
+def prompt_batch(rows: list[int]) -> dict[str, torch.Tensor]:
     """The engine draws prompt indices; the step function samples their completions."""
     return {"prompt": torch.tensor(rows, dtype=torch.long)}
 
@@ -248,9 +283,9 @@ def harmful_rl(run: AttackRun, cfg: GRPOAttackConfig) -> AttackResult:
     if not run.data.harmful:
         raise ImmuneLMError("attack harmful_rl needs harmful prompts but the task's harmful pool is empty")
     reference = Reference(run.model, lora=cfg.train.lora is not None) if cfg.beta > 0 else None
-    step = GRPOStep(cfg, list(run.data.harmful), run.tokenizer, run.judge, reference)
+    step = GRPOStep(cfg, list(run.data.harmful), run.tokenizer, JudgeReward(run.judge, cfg.collapse_penalty), reference)
     result = train(cfg.train.model_copy(update={"eval_at": run.eval_at}), run.model, list(range(len(run.data.harmful))),
-                   _prompt_batch, step_fn=step, evaluate=run.score, description=run.description)
+                   prompt_batch, step_fn=step, evaluate=run.score, description=run.description)
     return AttackResult(result.evaluations, result.seconds, _info(cfg, result.history, result.steps), model=result.model)
 
 
