@@ -270,3 +270,56 @@ def test_tokenbuncher_schedule_warms_up_on_grpo_then_alternates(tok):
     result = apply_defence("tokenbuncher", fresh_model("llama", tok), tok, CONFORMANCE_DATA, cfg)
     assert [h["noiser_step"] for h in result.info["history"]] == [0, 0, 1, 0, 1, 0]
     assert all(h["entropy"] >= 0 and h["reward"] == pytest.approx(-h["entropy"]) for h in result.info["history"])
+
+
+# ------------------------------------------------------------------------------------- ILU
+def test_irm_penalty_matches_its_closed_form_and_vanishes_at_the_optimal_scale():
+    from immunelm.defences.ilu import irm_penalty
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 10, generator=gen)
+    labels = torch.randint(0, 10, (2, 6), generator=gen)
+    labels[:, :2] = -100
+    z, y = logits[:, :-1][labels[:, 1:] != -100], labels[:, 1:][labels[:, 1:] != -100]
+    closed = (torch.softmax(z, -1) * z).sum(-1) - z.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # d CE(w z)/dw at w = 1
+    assert irm_penalty(logits, labels).item() == pytest.approx(closed.mean().item() ** 2, rel=1e-5)
+    # an "invariant" model: its logits already sit at the CE-optimal scale, so the dummy scale is stationary
+    scales = torch.linspace(0.01, 5, 20001)
+    ce = torch.stack([torch.nn.functional.cross_entropy(s * z, y) for s in scales])
+    optimal = logits * scales[ce.argmin()]
+    assert irm_penalty(optimal, labels).item() < 1e-6 < irm_penalty(logits, labels).item()
+    assert irm_penalty(torch.zeros(2, 6, 10), labels).item() == 0.0  # uniform logits: every scale gives log V
+
+
+def test_irm_penalty_is_differentiable_in_the_weights(tiny_llama):
+    from immunelm.defences.ilu import irm_penalty
+
+    model = tiny_llama(dropout=0.0)
+    batch = lm_batch(2)
+    irm_penalty(model(input_ids=batch["input_ids"]).logits, batch["labels"]).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("base", ["npo", "rmu"])
+def test_ilu_adds_one_environment_per_benign_task_to_its_base(tok, base):
+    from immunelm.data import Example
+    from immunelm.defences import DefenceData
+    from immunelm.defences.ilu import ILUConfig
+
+    benign = [Example.pair("what is 1 plus 2 ?", "3 .", task="arithmetic"),
+              Example.pair("capital of zar ?", "paris .", task="capital")]
+    data = DefenceData(refusals=CONFORMANCE_DATA.refusals, harmful=CONFORMANCE_DATA.harmful, benign=benign)
+    cfg = ILUConfig(base=base, lam=0.1, train=TrainConfig(max_steps=2, batch_size=2, lr=1e-3, progress=False, log_every=1))
+    result = apply_defence("ilu", fresh_model("llama", tok), tok, data, cfg)
+    assert result.info["environments"] == ["arithmetic", "capital"] and result.info["base"] == base
+    history = result.info["history"]
+    assert all(h["irm_penalty"] >= 0 for h in history) and ("npo" in history[0]) == (base == "npo")
+
+
+def test_ilu_refuses_a_base_train_section_it_would_ignore():
+    from pydantic import ValidationError
+
+    from immunelm.defences.ilu import ILUConfig
+
+    with pytest.raises(ValidationError, match="npo.train"):
+        ILUConfig.model_validate({"npo": {"train": {"lr": 1.0}}})

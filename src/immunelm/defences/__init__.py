@@ -4,7 +4,7 @@ from immunelm.defences.base import (
     DefenceData, Immunised, apply_defence, build_defence, defence_names, immunise, merged, register_defence,
 )
 from immunelm.defences import (  # noqa: F401  (registration)
-    booster, circuit_breakers, condition_number, constrained_sft, ctrap, deep_align, lapt, lox, mlac, npo, pipeline,
+    booster, circuit_breakers, condition_number, constrained_sft, ctrap, deep_align, ilu, lapt, lox, mlac, npo, pipeline,
     repnoise, rmu, sdd, seam, sophon, t_vaccine, tar, tokenbuncher, vaccine,
 )
 

@@ -66,9 +66,14 @@ class NPOStep:
         return {"loss": loss.detach(), "npo": forget.detach(), "retain": retain.detach(), "forget_log_ratio": log_ratio}
 
 
+def npo_step(model, tokenizer, data: DefenceData, cfg: NPOConfig, train_cfg: TrainConfig) -> NPOStep:
+    """The NPO step for ``model`` (ILU builds on it with its own engine settings ``train_cfg``)."""
+    reference = OriginalModel(model, lora=train_cfg.lora is not None)
+    return NPOStep(cfg, forget_stream(tokenizer, data, cfg.forget_batch_size, train_cfg.seed), reference)
+
+
 @register_defence("npo", NPOConfig, paper=NPO_PAPER)
 def npo(model, tokenizer, data: DefenceData, cfg: NPOConfig):
-    reference = OriginalModel(model, lora=cfg.train.lora is not None)
-    step = NPOStep(cfg, forget_stream(tokenizer, data, cfg.forget_batch_size, cfg.train.seed), reference)
+    step = npo_step(model, tokenizer, data, cfg, cfg.train)
     return trained(train(cfg.train, model, retain_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
                          step_fn=step, description="npo"))

@@ -92,23 +92,31 @@ def mean_residual_norm(model, batch: dict[str, torch.Tensor], layer: int) -> flo
     return float(hidden.norm(dim=-1)[mask].mean())
 
 
-@register_defence("rmu", RMUConfig, paper=RMU_PAPER)
-def rmu(model, tokenizer, data: DefenceData, cfg: RMUConfig):
+def rmu_step(model, tokenizer, data: DefenceData, cfg: RMUConfig, train_cfg: TrainConfig) -> tuple[RMUStep, dict]:
+    """The RMU step for ``model`` and what it chose; under full fine-tuning everything outside the
+    updated MLPs is frozen here (undo with ``model.requires_grad_(True)`` after training)."""
     adapter = ModelAdapter(model)
     layer = resolve_layer(cfg.layer, adapter.num_layers)
-    forget = forget_stream(tokenizer, data, cfg.forget_batch_size, cfg.train.seed)
+    forget = forget_stream(tokenizer, data, cfg.forget_batch_size, train_cfg.seed)
     scale = 1.0 if cfg.absolute else mean_residual_norm(model, forget.next(next(model.parameters()).device), layer)
-    forget = forget_stream(tokenizer, data, cfg.forget_batch_size, cfg.train.seed)  # the scale's batch is not consumed
+    forget = forget_stream(tokenizer, data, cfg.forget_batch_size, train_cfg.seed)  # the scale's batch is not consumed
     coefficient = cfg.steering_coefficient * scale
     target = coefficient * random_direction(adapter.hidden_size, cfg.seed)
-    original = OriginalModel(model, lora=cfg.train.lora is not None)
+    original = OriginalModel(model, lora=train_cfg.lora is not None)
     updated = [l for l in range(layer - cfg.updated_layers + 1, layer + 1) if l >= 0]
-    if not cfg.train.lora:
+    if not train_cfg.lora:
         keep = {id(p) for p in mlp_parameters(model, updated)}
         for p in model.parameters():
             p.requires_grad_(id(p) in keep)
+    info = {"layer": layer, "updated_layers": updated, "coefficient": coefficient}
+    return RMUStep(cfg, forget, original, layer, target), info
+
+
+@register_defence("rmu", RMUConfig, paper=RMU_PAPER)
+def rmu(model, tokenizer, data: DefenceData, cfg: RMUConfig):
+    step, info = rmu_step(model, tokenizer, data, cfg, cfg.train)
     result = train(cfg.train, model, retain_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
-                   step_fn=RMUStep(cfg, forget, original, layer, target), description="rmu")
+                   step_fn=step, description="rmu")
     if not cfg.train.lora:
         result.model.requires_grad_(True)  # hand back an ordinary, fully trainable model
-    return trained(result, layer=layer, updated_layers=updated, coefficient=coefficient)
+    return trained(result, **info)
