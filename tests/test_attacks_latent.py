@@ -233,17 +233,19 @@ def test_soft_prompt_phrase_initialisation_uses_the_phrase_embeddings(tok):
 
 
 # ------------------------------------------------------------------------ end to end
-def test_both_attacks_run_through_evaluate(tmp_path):
+def test_the_latent_space_attacks_run_through_evaluate(tmp_path):
     from immunelm.report import load_report
 
     result, run_dir = run_evaluate(
         tmp_path,
         "name: latent\nbudget: 2\neval_at: [0, 2]\ndefaults: {examples: 8, train: {progress: false, batch_size: 4}}\n"
         "adversaries:\n  - {name: lat, kind: latent_perturbation, epsilon: 1.0}\n"
-        "  - {name: soft, kind: soft_prompt, tokens: 4, position: suffix}\n",
+        "  - {name: soft, kind: soft_prompt, tokens: 4, position: suffix}\n"
+        "  - {name: reft, kind: reft_intervention, rank: 2, layer: 1}\n",
         "evaluation.trainability.train.max_steps=1", "evaluation.trainability.eval_at=[0,1]", "evaluation.prefill_tokens=[]")
     assert result.exit_code == 0, result.output
-    lat, soft = load_report(run_dir).models[0].resistance
+    lat, soft, reft = load_report(run_dir).models[0].resistance
+    assert reft.kind == "reft_intervention" and reft.family == "inference-time" and reft.info["hook_point"] == "blocks.1.hook_resid_pre"
     assert (lat.kind, soft.kind) == ("latent_perturbation", "soft_prompt")
     assert lat.family == soft.family == "inference-time" and lat.budget_unit == "steps"
     assert [p.step for p in lat.curve] == [p.step for p in soft.curve] == [0, 2]

@@ -93,7 +93,7 @@ def test_registry_suggests_nearest_name():
 
 # Every trained defence (LoX is training-free and the pipeline composes these: own tests).
 ALL_DEFENCES = ["deep-align", "constrained-sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "lapt",
-                "mlac", "tar", "sophon", "condition-number", "npo", "rmu", "ctrap", "sdd", "seam", "tokenbuncher", "ilu"]
+                "mlac", "tar", "sophon", "condition-number", "npo", "rmu", "ctrap", "sdd", "seam", "tokenbuncher", "ilu", "et"]
 CONFORMANCE_DATA = DefenceData(refusals=[HARM.with_response(REFUSAL)], harmful=[HARM] * 4,
                                benign=[Example.pair("what is 1 plus 2 ?", "3 .")])
 
@@ -133,11 +133,12 @@ def test_conformance_keeps_the_training_history_for_immunise_json(name, tok):
     from immunelm.defences import apply_defence
 
     result = apply_defence(name, fresh_model("llama", tok), tok, CONFORMANCE_DATA, small_config(name, log_every=1))
-    assert result.info["steps"] == 3 and [h["step"] for h in result.info["history"]] == [1, 2, 3]
+    steps = result.info["steps"]  # E.T. runs max_steps per layer
+    assert steps % 3 == 0 and [h["step"] for h in result.info["history"]] == list(range(1, steps + 1))
     assert all(math.isfinite(h["loss"]) for h in result.info["history"])
 
 
-@pytest.mark.parametrize("name", ALL_DEFENCES)
+@pytest.mark.parametrize("name", [n for n in ALL_DEFENCES if n != "et"])  # E.T. trains blocks directly (own test)
 def test_conformance_with_lora_trains_adapters_and_merges(name, tok):
     from immunelm.engine import LoraSettings
 

@@ -10,6 +10,7 @@ from immunelm.defences.npo import npo_loss
 from immunelm.defences.rmu import RMUConfig, random_direction, token_mse
 from immunelm.defences.unlearning import sequence_logprob
 from immunelm.engine import TrainConfig
+from immunelm.models import ModelAdapter
 from test_defences import CONFORMANCE_DATA, fresh_model, tok  # noqa: F401  (fixture)
 from test_defences_family2 import lm_batch
 
@@ -323,3 +324,55 @@ def test_ilu_refuses_a_base_train_section_it_would_ignore():
 
     with pytest.raises(ValidationError, match="npo.train"):
         ILUConfig.model_validate({"npo": {"train": {"lr": 1.0}}})
+
+
+# ------------------------------------------------------------------------------------- E.T.
+def test_reft_intervention_starts_as_the_identity_and_has_rank_r():
+    from immunelm.attacks.reft import LowRankIntervention
+
+    edit = LowRankIntervention(hidden_size=16, rank=2, seed=0)
+    h = torch.randn(3, 5, 16)
+    assert edit(h).abs().max().item() == 0.0  # W = R at the start: h is unchanged
+    with torch.no_grad():
+        edit.W.add_(torch.randn(2, 16))
+    delta = edit(h).reshape(-1, 16)
+    assert torch.linalg.matrix_rank(delta).item() == 2  # every edit lies in the row space of R
+    projector = torch.linalg.pinv(edit.R) @ edit.R
+    assert torch.allclose(delta @ projector, delta, atol=1e-5)
+
+
+def test_block_update_is_the_blocks_contribution_and_sees_the_edit(tiny_llama):
+    from immunelm.defences.et import block_update
+
+    model = tiny_llama(dropout=0.0)
+    adapter = ModelAdapter(model)
+    batch = lm_batch(2)
+    with adapter.read_outputs([1], "resid_pre") as pre, adapter.read_outputs([1], "resid_post") as post:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(block_update(adapter, model, batch, 1), post[1] - pre[1])
+    shift = torch.full((model.config.hidden_size,), 3.0)
+    steered = block_update(adapter, model, batch, 1, shift)
+    assert not torch.allclose(steered, post[1] - pre[1])  # the block sees h + i, and i itself is not counted
+
+
+@pytest.mark.parametrize("adversary", ["reft", "steering"])
+def test_et_makes_each_block_ignore_its_attackers_edit(tok, adversary):
+    """After E.T. at a layer, the block's contribution under the attacker's edit is closer to its clean one."""
+    from immunelm.defences.et import ETConfig
+
+    cfg = ETConfig(adversary=adversary, layers=[1], attack_steps=20, attack_lr=0.1, strength=4.0,
+                   train=TrainConfig(max_steps=30, batch_size=2, lr=3e-3, progress=False, log_every=1))
+    result = apply_defence("et", fresh_model("llama", tok), tok, CONFORMANCE_DATA, cfg)
+    history = result.info["history"]
+    assert history[-1]["steered_mse"] < 0.5 * history[0]["steered_mse"]
+    assert result.info["layers"] == [1] and len(result.info["per_layer"]) == 1
+    assert all(p.requires_grad for p in result.model.parameters())
+
+
+def test_et_refuses_lora():
+    from pydantic import ValidationError
+
+    from immunelm.defences.et import ETConfig
+
+    with pytest.raises(ValidationError, match="train.lora"):
+        ETConfig.model_validate({"train": {"max_steps": 2, "lora": {"r": 2}}})

@@ -9,7 +9,7 @@ from immunelm.attacks.base import (
     register_attack,
 )
 from immunelm.attacks import (  # noqa: F401  (registration)
-    adaptive, finetune, latent, lowrank, misdirection, pruning, refusal_ablation, rl, soft_prompt, steering,
+    adaptive, finetune, latent, lowrank, misdirection, pruning, refusal_ablation, reft, rl, soft_prompt, steering,
 )
 from immunelm.attacks.finetune import FineTuneAttackConfig
 from immunelm.attacks.suites import SuiteConfig, load_suite, suite_names
