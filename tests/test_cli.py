@@ -125,6 +125,9 @@ def test_every_registered_defence_runs_through_the_cli(tmp_path, cache):
         assert (out / "model" / weights).is_file(), (name, saved)
         record = json.loads((out / "immunise.json").read_text())
         assert record["defence"] == name
+    antidote = json.loads((tmp_path / "antidote" / "immunise.json").read_text())
+    assert antidote["artifacts"] == ["artifacts/antidote_hypernetwork.safetensors"]  # the adversary, beside the model
+    assert (tmp_path / "antidote" / antidote["artifacts"][0]).is_file()
     steps = json.loads((tmp_path / "pipeline" / "immunise.json").read_text())["info"]["steps"]
     assert [s["defence"] for s in steps] == ["vaccine", "lox"]  # the composition is recorded, in order
     assert steps[0]["config"]["train"]["max_steps"] == 2 and steps[1]["info"]["matrices"] > 0

@@ -93,7 +93,7 @@ def test_registry_suggests_nearest_name():
 
 # Every trained defence (LoX is training-free and the pipeline composes these: own tests).
 ALL_DEFENCES = ["deep-align", "constrained-sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "lapt",
-                "mlac", "tar", "sophon", "condition-number", "npo", "rmu", "ctrap", "sdd", "seam", "tokenbuncher", "ilu", "et"]
+                "mlac", "tar", "sophon", "condition-number", "npo", "rmu", "ctrap", "sdd", "seam", "tokenbuncher", "ilu", "et", "antidote"]
 CONFORMANCE_DATA = DefenceData(refusals=[HARM.with_response(REFUSAL)], harmful=[HARM] * 4,
                                benign=[Example.pair("what is 1 plus 2 ?", "3 .")])
 

@@ -376,3 +376,65 @@ def test_et_refuses_lora():
 
     with pytest.raises(ValidationError, match="train.lora"):
         ETConfig.model_validate({"train": {"max_steps": 2, "lora": {"r": 2}}})
+
+
+# --------------------------------------------------------------------------------- AntiDote
+def test_hypernetwork_factors_have_the_declared_shapes_and_start_at_zero(tiny_llama):
+    from immunelm.defences.hypernetwork import LoRAHypernetwork, patched, recorded_inputs, target_shapes
+
+    model = tiny_llama(dropout=0.0)
+    adapter = ModelAdapter(model)
+    targets = {f"1.{n}": m for n, m in adapter.linear_layers(1).items()}
+    net = LoRAHypernetwork(target_shapes(targets), rank=3, width=8, seed=0)
+    batch = lm_batch(2)
+    with recorded_inputs(targets) as seen:
+        clean = model(input_ids=batch["input_ids"]).logits
+    factors = {}
+    for name, module in targets.items():
+        u, v = net.factors(name, seen[name], batch["attention_mask"])
+        d_in, d_out = target_shapes(targets)[name]
+        assert u.shape == (3, d_in) and v.shape == (d_out, 3) and v.abs().max() == 0  # V starts at zero
+        factors[name] = (u, torch.randn_like(v))
+    with patched(targets, factors):
+        moved = model(input_ids=batch["input_ids"]).logits
+    assert not torch.allclose(moved, clean)
+    assert torch.equal(model(input_ids=batch["input_ids"]).logits, clean)  # only inside the block
+
+
+def test_hypernetwork_patch_changes_only_the_attached_layer(tiny_llama):
+    """Blocks below the patched one see exactly the clean activations."""
+    from immunelm.defences.hypernetwork import patched
+
+    model = tiny_llama(dropout=0.0)
+    adapter = ModelAdapter(model)
+    name, module = next(iter(adapter.linear_layers(1).items()))
+    d_in, d_out = (module.in_features, module.out_features)
+    batch = lm_batch(2)
+    with adapter.read_outputs([0, 1]) as clean:
+        model(input_ids=batch["input_ids"])
+    clean = {k: v.detach().clone() for k, v in clean.items()}
+    with patched({name: module}, {name: (torch.randn(2, d_in), torch.randn(d_out, 2))}), adapter.read_outputs([0, 1]) as hot:
+        model(input_ids=batch["input_ids"])
+    assert torch.equal(hot[0], clean[0]) and not torch.allclose(hot[1], clean[1])
+
+
+def test_antidote_preference_and_kl_terms():
+    from immunelm.defences.antidote import preference_loss, token_kl
+
+    assert preference_loss(torch.tensor([0.0]), torch.tensor([0.0])).item() == pytest.approx(math.log(2))
+    assert preference_loss(torch.tensor([10.0]), torch.tensor([0.0])) < preference_loss(torch.tensor([0.0]), torch.tensor([10.0]))
+    logits, labels = torch.randn(2, 5, 7), torch.tensor([[-100, -100, 1, 2, 3]] * 2)
+    assert token_kl(logits, logits, labels).item() == pytest.approx(0.0, abs=1e-6)
+    assert token_kl(logits, torch.zeros_like(logits), labels).item() > 0
+
+
+def test_antidote_trains_its_adversary_and_saves_it_as_an_artifact(tok):
+    from immunelm.defences.antidote import AntiDoteConfig
+
+    cfg = AntiDoteConfig(width=8, rank=2, adversary_lr=1e-2, adversary_steps=2,
+                         train=TrainConfig(max_steps=3, batch_size=1, lr=1e-3, progress=False, log_every=1))
+    result = apply_defence("antidote", fresh_model("llama", tok), tok, CONFORMANCE_DATA, cfg)
+    net = result.artifacts["antidote_hypernetwork"]
+    assert any(k.startswith("v_heads") and v.abs().sum() > 0 for k, v in net.items())  # the adversary learned
+    assert result.info["targets"] > 0 and all("adversary_loss" in h for h in result.info["history"])
+    assert not any("hypernetwork" in n or "heads" in n for n, _ in result.model.named_parameters())  # not shipped

@@ -19,7 +19,7 @@ from immunelm.config import Config, load_config
 from immunelm.data import DataSourceConfig, load_examples
 from immunelm.defences import DefenceData, apply_defence, build_defence, merged
 from immunelm.errors import ImmuneLMError
-from immunelm.io import write_json_atomic
+from immunelm.io import atomic_path, write_json_atomic
 from immunelm.models import save_model
 from immunelm.models.adapters import is_peft_model, save_adapter
 from immunelm.smol.config import SmolOrganismConfig
@@ -161,6 +161,19 @@ def save_immunised(model, tokenizer, out: Path, base: str, save_merged: bool) ->
     return {"format": "full"}
 
 
+def save_artifacts(artifacts: dict[str, dict], directory: Path) -> list[str]:
+    """Each artifact's tensors as ``<directory>/<name>.safetensors`` (written atomically)."""
+    from safetensors.torch import save_file
+
+    written = []
+    for name, tensors in sorted(artifacts.items()):
+        target = directory / f"{name}.safetensors"
+        with atomic_path(target) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        written.append(str(target.relative_to(directory.parent)))
+    return written
+
+
 def run_immunise(method: str, cfg: ImmuniseConfig, run_dir: Path, defence_cfg=None) -> Path:
     """Apply ``method`` and save ``run_dir/model``; ``defence_cfg``: from :func:`validate_immunise`
     when the caller already ran it (it reads the data files, so it is not repeated)."""
@@ -171,8 +184,10 @@ def run_immunise(method: str, cfg: ImmuniseConfig, run_dir: Path, defence_cfg=No
     result = apply_defence(method, model, tokenizer, defence_data(cfg), defence_cfg)
     out = run_dir / "model"
     saved = save_immunised(result.model, tokenizer, out, cfg.model, cfg.save_merged)
+    artifacts = save_artifacts(result.artifacts, run_dir / "artifacts")
     write_json_atomic(run_dir / "immunise.json", {
         "defence": method, "paper": spec.paper, "seconds": time.perf_counter() - started, "saved": saved,
         "defence_config": defence_cfg.model_dump(mode="json"), "source_model": cfg.model, "info": result.info,
+        "artifacts": artifacts,
     })
     return out

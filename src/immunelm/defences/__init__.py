@@ -4,8 +4,8 @@ from immunelm.defences.base import (
     DefenceData, Immunised, apply_defence, build_defence, defence_names, immunise, merged, register_defence,
 )
 from immunelm.defences import (  # noqa: F401  (registration)
-    booster, circuit_breakers, condition_number, constrained_sft, ctrap, deep_align, et, ilu, lapt, lox, mlac, npo,
-    pipeline, repnoise, rmu, sdd, seam, sophon, t_vaccine, tar, tokenbuncher, vaccine,
+    antidote, booster, circuit_breakers, condition_number, constrained_sft, ctrap, deep_align, et, ilu, lapt, lox, mlac,
+    npo, pipeline, repnoise, rmu, sdd, seam, sophon, t_vaccine, tar, tokenbuncher, vaccine,
 )
 
 __all__ = ["DefenceData", "Immunised", "apply_defence", "build_defence", "defence_names", "immunise", "merged", "register_defence"]

@@ -36,13 +36,16 @@ class Immunised:
 
     model: Any
     info: dict[str, Any] = field(default_factory=dict)
+    # Tensors a defence trained beside the model and keeps out of it (AntiDote's hypernetwork):
+    # saved as ``artifacts/<name>.safetensors`` in the run, never inside the immunised model.
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def trained(result, **info) -> Immunised:
+def trained(result, artifacts: dict[str, dict[str, Any]] | None = None, **info) -> Immunised:
     """A defence's engine run as its result: the model plus the training history (every logged
     step's loss terms), so that ``immunise.json`` keeps what each term did during training."""
     return Immunised(result.model, {"steps": result.steps, "train_seconds": round(result.seconds, 3),
-                                    "history": result.history, **info})
+                                    "history": result.history, **info}, artifacts or {})
 
 
 def alignment_rows(tokenizer, data: "DefenceData") -> list[dict[str, list[int]]]:
