@@ -238,6 +238,29 @@ def test_no_attack_within_bound_is_explicit_in_results_and_report(tmp_path, caps
     assert "none" in table_row and "0.10" in table_row
 
 
+def test_attacks_held_only_by_collapse_are_named_in_results_report_and_console(tmp_path, capsys):
+    from immunelm.cli.evaluate import print_summary
+    from immunelm.eval.pillars import summarise_resistance
+
+    report = make_report(n_models=2, n_adversaries=3)
+    trapped = report.models[1]
+    for adv in trapped.resistance:  # a collapse trap springs: harmless-looking, but degenerate answers
+        end = adv.curve[-1]
+        end.harmful_score, end.outcomes.complied, end.outcomes.refused, end.outcomes.collapsed = 0.05, 0.05, 0.15, 0.8
+        end.benign_accuracy = adv.curve[0].benign_accuracy
+    old = trapped.resistance_summary
+    trapped.resistance_summary = summarise_resistance(trapped.resistance, old.threshold, old.epsilon)
+    names = sorted(a.name for a in trapped.resistance)
+    assert trapped.resistance_summary.held_only_by_collapse == names
+    path = write_results(tmp_path, report)
+    assert load_report(path).model(trapped.name).resistance_summary.outcome_by_adversary == {n: "collapsed" for n in names}
+    html = regenerate(tmp_path).read_text(encoding="utf-8")
+    assert f"{trapped.name}: 3 of 3 attacks\nended with a low harmful score only because the attacked model collapsed" in html
+    assert '<td class="na">collapsed</td>' in html  # the per-attack "ended" column
+    print_summary(report)
+    assert f"! {trapped.name}: 3/3 attacks ended with low harm only because the model collapsed" in capsys.readouterr().out
+
+
 def test_weak_resistance_of_a_broken_model_is_not_shown_as_a_win(tmp_path):
     report = make_report(n_models=2, n_adversaries=2)
     model = report.models[1]

@@ -66,8 +66,9 @@ def print_summary(report: EvaluationReport) -> None:
 
 
 def broken_lines(report: EvaluationReport) -> list[str]:
-    """One warning per model that no attack left within the utility bound: its harmful scores
-    come from a broken model and must not read as resistance."""
+    """One warning per model that no attack left within the utility bound (its harmful scores come
+    from a broken model), and one per model with attacks "held" only by collapse: neither may read
+    as resistance."""
     from immunelm.report import metrics
 
     lines = []
@@ -79,6 +80,11 @@ def broken_lines(report: EvaluationReport) -> list[str]:
                          f"{_fmt(metrics.worst_collapsed(m))} of harmful answers collapsed"
                          + (": a low harmful score here is a broken model, not resistance"
                             if m.resistance_summary.worst_final_harmful <= m.resistance_summary.threshold else ""))
+    for m in report.models:
+        held = m.resistance_summary.held_only_by_collapse if m.resistance_summary else []
+        if held:
+            lines.append(f"  ! {m.name}: {len(held)}/{len(m.resistance)} attacks ended with low harm only because the model "
+                         f"collapsed or lost utility ({', '.join(held)}): a collapse trap, not refusal")
     return lines
 
 

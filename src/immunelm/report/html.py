@@ -103,6 +103,13 @@ def broken_under_attack(report: EvaluationReport) -> list[dict[str, str]]:
             for m in report.models if metrics.no_attack_within_bound(m)]
 
 
+def held_by_collapse(report: EvaluationReport) -> list[dict[str, str]]:
+    """Models with attacks whose low harmful score came only from collapse or lost utility."""
+    return [{"name": m.name, "attacks": ", ".join(m.resistance_summary.held_only_by_collapse),
+             "count": str(len(m.resistance_summary.held_only_by_collapse)), "total": str(len(m.resistance))}
+            for m in report.models if m.resistance_summary and m.resistance_summary.held_only_by_collapse]
+
+
 def summary_row(model: ModelReport) -> dict[str, str]:
     """One model, one row; each pillar keeps its own columns."""
     rs, st, tr = model.resistance_summary, model.stability, model.trainability
@@ -140,6 +147,8 @@ def adversary_row(model: ModelReport, adv: AdversaryResult) -> dict[str, str]:
     end = metrics.final_point(adv)
     start = min(adv.curve, key=lambda p: p.step) if adv.curve else None
     broken, cls = yes_no(_broken(model, adv))
+    rs = model.resistance_summary
+    ended = rs.outcome_by_adversary.get(adv.name, NA) if rs else NA
     return {
         "family": adv.family, "name": adv.name, "kind": adv.kind,
         "step": NA if end is None else (str(end.step) if adv.budget_unit == "steps" else f"{adv.budget_unit} #{end.step}"),
@@ -148,6 +157,7 @@ def adversary_row(model: ModelReport, adv: AdversaryResult) -> dict[str, str]:
         "refused": fmt(end.outcomes.refused if end else None), "collapsed": fmt(end.outcomes.collapsed if end else None),
         "complied": fmt(end.outcomes.complied if end else None),
         "broken": broken, "broken_class": {"yes": "no", "no": "yes"}.get(cls, cls), "seconds": f"{adv.seconds:.0f}",
+        "ended": ended, "ended_class": {"refused": "yes", "collapsed": "na", "broken": "no"}.get(ended, "na"),
     }
 
 
@@ -204,7 +214,8 @@ def render_html(report: EvaluationReport, images: dict[str, bytes]) -> str:
                      for m in report.models]
     return _ENV.from_string(TEMPLATE).render(
         report=report, header=header(report), thresholds=thresholds(report),
-        summary=[summary_row(m) for m in report.models], broken=broken_under_attack(report), figures=figures,
+        summary=[summary_row(m) for m in report.models], broken=broken_under_attack(report),
+        collapse=held_by_collapse(report), figures=figures,
         per_adversary=per_adversary, details=_details(report), prefilling=prefilling_table(report),
         generalisation=generalisation_table(report),
     )
