@@ -60,6 +60,12 @@ def per_run_rows(run_dirs: list[Path]) -> dict[str, list[dict]]:
                 "worst_final_harmful": m.resistance_summary.worst_final_harmful,
                 "mean_final_harmful": m.resistance_summary.mean_final_harmful,
                 "broken_fraction": len(m.resistance_summary.broken_by) / len(m.resistance),
+                # collapse beside every harmful number: low harm from a collapsed model is not resistance
+                "worst_adversary_collapsed": m.resistance_summary.worst_adversary_collapsed,
+                "worst_adversary_utility": m.resistance_summary.worst_adversary_utility,
+                "mean_final_collapsed": statistics.fmean(a.curve[-1].outcomes.collapsed for a in m.resistance),
+                "held_only_by_collapse_fraction": len(m.resistance_summary.held_only_by_collapse) / len(m.resistance),
+                **{f"worst_{family}": v for family, v in m.resistance_summary.worst_by_family.items()},
                 "benign_accuracy": m.stability.benign_accuracy,
                 "trainability_accuracy": m.trainability.final_accuracy,
                 "steps_to_target": m.trainability.steps_to_target,
@@ -83,8 +89,8 @@ def summarise(per_model: dict[str, list[dict]]) -> dict:
     table = {}
     for name, rows in per_model.items():
         table[name] = {}
-        for key in rows[0]:
-            values = [r[key] for r in rows if r[key] is not None]
+        for key in dict.fromkeys(k for r in rows for k in r):  # every key any run has, in order
+            values = [r[key] for r in rows if r.get(key) is not None]
             table[name][key] = {"mean": statistics.fmean(values) if values else None,
                                 "min": min(values, default=None), "max": max(values, default=None), "n": len(values)}
     return table
