@@ -243,3 +243,17 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_newest_complete_one(tiny_ll
         (tmp_path / "checkpoints" / name / "trainable.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(ImmuneLMError, match="no complete checkpoint"):
         train(config, tiny_llama(), token_rows, COLLATE, output_dir=tmp_path, resume=True)
+
+
+def test_a_metric_reported_on_some_steps_is_averaged_over_those_steps(tiny_llama, token_rows):
+    """TokenBuncher reports its KL on GRPO steps only: the logged row averages what was reported."""
+    plain = CausalLMStep()
+
+    def step_fn(ctx, batch):
+        metrics = plain(ctx, batch)
+        if ctx.step % 2 == 0:
+            metrics["sometimes"] = torch.tensor(float(ctx.step))
+        return metrics
+
+    result = train(cfg(max_steps=4, log_every=4), tiny_llama(), token_rows, PaddingCollator(0), step_fn=step_fn)
+    assert result.history[0]["sometimes"] == 1.0  # mean of steps 0 and 2, not of four rows

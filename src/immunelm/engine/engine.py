@@ -226,8 +226,10 @@ class Engine:
         return counters
 
     def _summarise(self, pending: list[dict], step: int, scheduler) -> dict[str, float]:
-        keys = pending[0].keys() if pending else []
-        row = {k: float(torch.stack([m[k].float() for m in pending]).mean()) for k in keys}
+        # A step function may report a metric only on some steps (TokenBuncher's KL on its GRPO
+        # steps, not its Token Noiser steps): each is averaged over the steps that report it.
+        keys = dict.fromkeys(k for m in pending for k in m)
+        row = {k: float(torch.stack([m[k].float() for m in pending if k in m]).mean()) for k in keys}
         row.update(step=step, lr=scheduler.get_last_lr()[0])
         return row
 
