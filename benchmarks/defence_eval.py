@@ -21,6 +21,7 @@ from pathlib import Path
 from common import save_result
 
 from immunelm.api import EvaluateConfig, ImmuniseConfig, ModelSpec, run_evaluation, run_immunise
+from immunelm.api.immunise import load_defence_config
 from immunelm.defences import build_defence, defence_names
 from immunelm.report import load_report
 
@@ -37,12 +38,23 @@ def defence_for(method: str, seed: int) -> tuple[str, dict]:
     return method, seeded(method, seed)
 
 
-def evaluate_seed(methods: list[str], seed: int, suite: str, root: Path) -> Path:
+def immunised(name: str, config: dict, out: Path, reuse: bool) -> Path:
+    """The immunised model's directory; with ``reuse``, an earlier run of the same resolved
+    defence config in ``out`` is taken as it is (its immunise.json says what it ran)."""
+    record = out / "immunise.json"
+    if reuse and record.is_file():
+        wanted = load_defence_config(name, config).model_dump(mode="json")
+        if json.loads(record.read_text())["defence_config"] == wanted:
+            return out / "model"
+    return run_immunise(name, ImmuniseConfig(defence=config), out)
+
+
+def evaluate_seed(methods: list[str], seed: int, suite: str, root: Path, reuse: bool = False) -> Path:
     specs = [ModelSpec(name="aligned", source="organism:aligned", role="reference")]
     for method in methods:
         out = root / f"seed{seed}" / f"immunise-{method}"
         name, config = defence_for(method, seed)
-        ckpt = run_immunise(name, ImmuniseConfig(defence=config), out)
+        ckpt = immunised(name, config, out, reuse)
         specs.append(ModelSpec(name=method, source=str(ckpt), role="defended", defence=method))
     cfg = EvaluateConfig(models=specs)
     cfg.evaluation.suite = suite
@@ -105,8 +117,9 @@ def main() -> None:
     parser.add_argument("--summarise", type=Path, nargs="*", default=None)
     parser.add_argument("--label", default="", help="Suffix of the results file name.")
     parser.add_argument("--include", type=Path, nargs="*", default=[], help="Earlier results files whose runs also count.")
+    parser.add_argument("--reuse", action="store_true", help="Keep models immunised earlier under --root with the same config.")
     args = parser.parse_args()
-    run_dirs = args.summarise or [evaluate_seed(args.methods, s, args.suite, args.root) for s in args.seeds]
+    run_dirs = args.summarise or [evaluate_seed(args.methods, s, args.suite, args.root, args.reuse) for s in args.seeds]
     per_model = per_run_rows(run_dirs)
     for path in args.include:
         for name, rows in earlier_rows(path).items():
