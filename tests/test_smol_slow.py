@@ -75,6 +75,7 @@ adversaries:
   - {name: lowrank, kind: safety_lowrank, safety_ranks: [0.025]}
   - {name: latent, kind: latent_perturbation, epsilon: 0.5, train: {lr: 0.05, batch_size: 4, max_steps: 2}}
   - {name: soft-prompt, kind: soft_prompt, tokens: 2, train: {lr: 0.1, batch_size: 4, max_steps: 2}}
+  - {name: reft, kind: reft_intervention, rank: 2, train: {lr: 4.0e-3, batch_size: 4, max_steps: 2}}
   - {name: misdirection, kind: misdirection, templates: [hypothetical], select_examples: 4, max_new_tokens: 8}
 """
 
@@ -96,7 +97,7 @@ def test_every_attack_beyond_sft_runs_on_smollm2(tmp_path):
     model = json.loads((run / "results.json").read_text())["models"][0]
     by_name = {a["name"]: a for a in model["resistance"]}
     assert set(by_name) == {"adagrad", "then-harmful", "grpo", "ablation", "orthogonalise", "steering", "prune",
-                            "prune-wanda", "lowrank", "latent", "soft-prompt", "misdirection"}
+                            "prune-wanda", "lowrank", "latent", "soft-prompt", "reft", "misdirection"}
     assert set(model["resistance_summary"]["worst_by_family"]) == {
         "fine-tuning", "rl", "inference-time", "weight-edit", "prompt"}
     for adversary in by_name.values():
