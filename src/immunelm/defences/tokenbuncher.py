@@ -13,10 +13,14 @@ removes that diversity on harmful queries:
 
 Schedule (official code): GRPO only for ``warmup_steps``, then every ``noiser_every``-th step is a
 Token Noiser step instead of a GRPO step. Official settings on 7B: 4 rollouts, KL coefficient 0.001,
-lr 1e-6, 200 steps, 25 warm-up steps, eps 0.1. Decision (issue 12): the paper's target normalisation
-(the noise sums to eps); the official code normalises z to sum eps and then scales by eps again
-(noise mass eps^2), recorded here as a difference, not copied. The prompts are the defender's harmful
-prompts (those of ``data.refusals``); no harmful answers are needed.
+lr 1e-6, 200 steps, 25 warm-up steps, eps 0.1. Decision (issue 12): the target is the paper's
+form, (1 - m) on the sampled token and noise of total mass m on the rest, with m = ``noise_eps``
+defaulting to 0.01, the mass the official code actually trains with (it normalises z to sum eps and
+scales it by eps again: eps^2). With the paper text's m = 0.1 the noise floor (about 0.1 ln(V/0.1)
+nats per token) is above what the entropy reward reaches: on the organism mean rollout entropy rose
+1.72 -> 1.85 in 100 steps, while GRPO alone lowered it 1.84 -> 0.78 and m = 0.01 to 0.93 in 60 steps
+(one run each). The prompts are the defender's harmful prompts (those of ``data.refusals``); no
+harmful answers are needed.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ class TokenBuncherConfig(Config):
     max_new_tokens: int = Field(16, ge=1, le=32768, description="Tokens sampled per rollout (official 1024; the organism's answers are short).")
     temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature of the rollouts.")
     beta: float = Field(0.001, ge=0, le=100, description="KL coefficient to the starting model (official 0.001).")
-    noise_eps: float = Field(0.1, ge=0, lt=1, description="Token Noiser: target mass spread over the vocabulary tail (official 0.1).")
+    noise_eps: float = Field(0.01, ge=0, lt=1, description=(
+        "Token Noiser: target mass spread over the vocabulary tail (official code: eps 0.1 applied twice = 0.01; paper text 0.1)."))
     warmup_steps: int = Field(12, ge=0, description="GRPO-only steps before the Token Noiser starts (official 25 of 200).")
     noiser_every: int = Field(2, ge=0, description="After warm-up, every n-th step is a Token Noiser step (official 2; 0 = never).")
     seed: Seed = Field(0, description="Seeds the rollouts and the noise.")
