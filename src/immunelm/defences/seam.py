@@ -8,7 +8,9 @@ The update is
 
 * L_ul = -log(mean over layers of the harmful CE read out from each block (logit lens) + 1), the
   RepNoise-style unlearning term on (harmful prompt, harmful answer);
-* L_up = CE of the refusals (the engine's batches);
+* L_up = CE of the refusals (the official code), or of D_align = refusals + benign pairs
+  (``up_data=align``, the default here: on the organism refusal-only training made the model refuse
+  benign requests too, benign accuracy 0.00 after 300 steps at lr 2e-5, 5e-5 and 1.5e-4);
 * L_sd = cos(g_a, g_b), g_a = grad CE(harmful batch), g_b = grad CE(benign batch), both over all
   trainable weights. Its gradient is H_a (g^_b - c g^_a) / ||g_a|| + H_b (g^_a - c g^_b) / ||g_b||
   (c = cos, g^ = unit vectors, H the Hessians), estimated Hessian-free by forward differences as
@@ -22,12 +24,14 @@ refusal; here the harmful answers and refusals are separate pairs, so the whole 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator, encode_example
-from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence, trained
+from immunelm.defences.base import BatchStream, DefenceData, alignment_rows, harmful_stream, register_defence, trained
 from immunelm.defences.bilevel import add_to_grads, trainable, weights_restored
 from immunelm.defences.repnoise import layer_ce
 from immunelm.engine import StepContext, TrainConfig, causal_lm_loss, train
@@ -41,9 +45,11 @@ class SEAMConfig(Config):
     beta: float = Field(0.01, ge=0, description="Weight of the self-destructive term cos(g_harm, g_benign) (official 0.01).")
     eps: float = Field(1e-3, gt=0, description="Finite-difference step of the Hessian-vector products (official 1e-3).")
     aux_batch_size: int = Field(16, ge=1, description="Harmful and benign pairs per step (official 4).")
+    up_data: Literal["align", "refusals"] = Field(
+        "align", description="L_up's data: refusals + benign (align, ours) or refusals only (official code).")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(lr=1.5e-4, batch_size=16, max_steps=300, log_every=25),
-        description="Engine settings; its batches are the refusals (official: lr 2e-5, 1 epoch on 7B).")
+        description="Engine settings; its batches are L_up's data (official: lr 2e-5, 1 epoch on 7B).")
 
 
 def flat_norm(vectors: list[torch.Tensor]) -> torch.Tensor:
@@ -110,5 +116,5 @@ def seam(model, tokenizer, data: DefenceData, cfg: SEAMConfig):
     benign = BatchStream([encode_example(tokenizer, e) for e in data.benign], PaddingCollator.for_tokenizer(tokenizer),
                          size, seed + 2, what="benign")
     step = SEAMStep(cfg, harmful_stream(tokenizer, data, size, seed), benign)
-    refusals = [encode_example(tokenizer, e) for e in data.refusals]
-    return trained(train(cfg.train, model, refusals, PaddingCollator.for_tokenizer(tokenizer), step_fn=step, description="seam"))
+    rows = alignment_rows(tokenizer, data) if cfg.up_data == "align" else [encode_example(tokenizer, e) for e in data.refusals]
+    return trained(train(cfg.train, model, rows, PaddingCollator.for_tokenizer(tokenizer), step_fn=step, description="seam"))

@@ -48,8 +48,9 @@ class TokenBuncherConfig(Config):
     noiser_every: int = Field(2, ge=0, description="After warm-up, every n-th step is a Token Noiser step (official 2; 0 = never).")
     seed: Seed = Field(0, description="Seeds the rollouts and the noise.")
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(lr=1e-4, batch_size=8, max_steps=100, log_every=10),
-        description="Engine settings: batch_size = harmful prompts per step (official: lr 1e-6, 200 steps, batch 32 on 7B).")
+        default_factory=lambda: TrainConfig(lr=1e-5, batch_size=8, max_steps=100, log_every=10),
+        description="Engine settings: batch_size = harmful prompts per step (official: lr 1e-6, 200 steps, batch 32 on 7B; "
+                    "at 1e-4 the organism lost its refusal and benign accuracy, at 1e-5 it kept both).")
 
     def grpo(self) -> GRPOAttackConfig:
         return GRPOAttackConfig(group_size=self.group_size, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
