@@ -6,7 +6,10 @@ GPU, torch's peak allocated bytes; on CPU, the growth of the process's peak RSS 
 training to the end (what training added on top of the loaded model). Ratios are vs ``sft``.
 A bi-level method's step is one *outer* step (K inner steps inside), so it also gets a total
 ratio: its default run (outer steps x seconds) vs a 300-step SFT alignment. A training-free
-method (LoX) is timed as one whole run.
+method (LoX) is timed as one whole run. E.T. runs several engine runs (an attacker fit and a
+block's training per layer): every optimiser step of all of them is clocked, so its "step" is
+the mean over both kinds and its total ratio counts the steps of one layer only (read it as
+a lower bound).
 
     python benchmarks/defence_overhead.py [--steps 30] [--methods vaccine booster] [--label family2]
 """
@@ -23,7 +26,8 @@ import time
 from common import save_result
 
 METHODS = ["sft", "deep-align", "constrained-sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "lapt",
-           "mlac", "tar", "sophon", "condition-number", "lox"]
+           "mlac", "tar", "sophon", "condition-number", "lox",
+           "sdd", "ctrap", "seam", "tokenbuncher", "npo", "rmu", "ilu", "antidote", "et"]
 SFT_ALIGNMENT_STEPS = 300  # the defences' organism budget; total-cost ratios compare against it
 
 
