@@ -146,7 +146,7 @@ def test_tar_step_restores_weights_and_accumulates_every_nth_inner_step(tiny_lla
 
 
 def test_tar_representation_retain_is_zero_at_the_start(tiny_llama):
-    from immunelm.defences.reference import OriginalModel
+    from immunelm.models.reference import OriginalModel
     from immunelm.defences.tar import TARConfig, TARStep
     from immunelm.models import ModelAdapter
 

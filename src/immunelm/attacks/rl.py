@@ -35,8 +35,6 @@ are seeded by (seed, step), so a resumed run samples what an uninterrupted one w
 
 from __future__ import annotations
 
-import copy
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -55,6 +53,7 @@ from immunelm.eval.generation import GenerationConfig
 from immunelm.eval.generation import eos_token_ids, eval_mode, left_pad, padding_id, sampling_kwargs, seeded
 from immunelm.eval.judges import JudgeSample, Verdict
 from immunelm.eval.judges.outcomes import COLLAPSED, REFUSED
+from immunelm.models.reference import OriginalModel
 
 DEEPSEEKMATH = "https://arxiv.org/abs/2402.03300"
 
@@ -194,17 +193,11 @@ class JudgeReward:
                          "refused": rate(REFUSED), "collapsed": rate(COLLAPSED)}
 
 
-class Reference:
-    """pi_ref, the model as the attack found it: a frozen copy under full fine-tuning, or under
-    LoRA the trained network with its adapters switched off (no second copy in memory)."""
-
-    def __init__(self, model, lora: bool) -> None:
-        self.frozen = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
+class Reference(OriginalModel):
+    """pi_ref, the model as the attack found it (frozen copy, or adapters off under LoRA)."""
 
     def logprobs(self, policy, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
-        net, context = (self.frozen, nullcontext()) if self.frozen is not None else (policy, policy.disable_adapter())
-        with torch.no_grad(), context:
-            return token_logprobs(net, batch, temperature)[0]
+        return label_logprobs(self.logits(policy, batch), batch["labels"], temperature)[0]
 
 
 # ------------------------------------------------------------------------------- step function

@@ -34,7 +34,7 @@ from immunelm.config import Config, Seed
 from immunelm.data import PaddingCollator, encode_example
 from immunelm.defences.base import DefenceData, register_defence, trained
 from immunelm.defences.hypernetwork import LoRAHypernetwork, patched, recorded_inputs, target_shapes
-from immunelm.defences.reference import OriginalModel
+from immunelm.models.reference import OriginalModel
 from immunelm.defences.unlearning import sequence_logprob
 from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
 from immunelm.engine.sampling import BatchOrder

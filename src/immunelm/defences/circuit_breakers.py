@@ -21,7 +21,7 @@ from pydantic import Field
 from immunelm.config import Config, Fraction
 from immunelm.data import PaddingCollator, encode_example
 from immunelm.defences.base import BatchStream, DefenceData, harmful_stream, register_defence, trained
-from immunelm.defences.reference import OriginalModel, hidden_states
+from immunelm.models.reference import OriginalModel, hidden_states
 from immunelm.engine import LoraSettings, StepContext, TrainConfig, train
 from immunelm.models import ModelAdapter
 

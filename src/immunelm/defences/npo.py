@@ -23,7 +23,7 @@ from pydantic import Field
 from immunelm.config import Config
 from immunelm.data import PaddingCollator
 from immunelm.defences.base import BatchStream, DefenceData, register_defence, trained
-from immunelm.defences.reference import OriginalModel
+from immunelm.models.reference import OriginalModel
 from immunelm.defences.unlearning import forget_stream, retain_rows, sequence_logprob
 from immunelm.engine import StepContext, TrainConfig, causal_lm_loss, train
 

@@ -25,7 +25,7 @@ from pydantic import Field
 from immunelm.config import Config, Seed
 from immunelm.data import PaddingCollator
 from immunelm.defences.base import BatchStream, DefenceData, register_defence, trained
-from immunelm.defences.reference import OriginalModel, hidden_states
+from immunelm.models.reference import OriginalModel, hidden_states
 from immunelm.defences.unlearning import forget_stream, retain_rows
 from immunelm.engine import StepContext, TrainConfig, train
 from immunelm.models import ModelAdapter

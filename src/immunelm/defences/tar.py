@@ -37,7 +37,7 @@ from immunelm.defences.base import BatchStream, DefenceData, alignment_rows, reg
 from immunelm.defences.bilevel import (
     InnerAdversary, adapted_gradient, add_to_grads, harmful_split, response_logits, trainable,
 )
-from immunelm.defences.reference import OriginalModel, hidden_states
+from immunelm.models.reference import OriginalModel, hidden_states
 from immunelm.engine import StepContext, TrainConfig, causal_lm_loss, train
 from immunelm.models import ModelAdapter
 

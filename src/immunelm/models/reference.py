@@ -1,7 +1,7 @@
-"""The model as a defence found it, for losses that compare against it (Circuit Breakers' h_orig,
-TAR's representation retain loss, NPO's pi_ref, RMU's retain activations): a frozen copy under
-full fine-tuning, or, under LoRA, the same network with its adapters disabled (no second copy in
-memory)."""
+"""The model as a method found it, for losses that compare against it (Circuit Breakers' h_orig,
+TAR's representation retain loss, NPO's and GRPO's pi_ref, RMU's retain activations): a frozen
+copy under full fine-tuning, or, under LoRA, the same network with its adapters disabled (no
+second copy in memory)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from contextlib import nullcontext
 
 import torch
 
-from immunelm.models import ModelAdapter
+from immunelm.models.adapter import ModelAdapter
 
 
 def hidden_states(model, adapter: ModelAdapter, batch: dict[str, torch.Tensor], layers: list[int]) -> list[torch.Tensor]:
