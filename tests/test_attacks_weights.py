@@ -200,10 +200,12 @@ BENIGN = [Example.pair(f"what is {w} ?", f"the answer is {w}") for w in ("hello"
 class Judge:
     """Calls an answer a refusal when ``refuse`` says so."""
 
-    def __init__(self, refuse: bool) -> None:
-        self.refuse = refuse
+    def __init__(self, refuse: bool, harmful: bool = False) -> None:
+        self.refuse, self.harmful = refuse, harmful
 
     def judge(self, samples):
+        if self.harmful:
+            return [Verdict("complied_correct", 1.0) for _ in samples]
         return [Verdict("refused" if self.refuse else "complied_wrong", 0.0) for _ in samples]
 
 
@@ -234,7 +236,7 @@ def test_pruning_zeroes_the_reported_fraction_at_each_point_from_fresh_weights(s
     assert [(p["q"], p["p"]) for p in points] == [(0, 0), (0.1, 0.05), (0.3, 0.1)]
     assert [e["zeros"] for e in result.evaluations] == pytest.approx([p["removed_fraction"] for p in points])
     assert 0 < points[1]["removed_fraction"] <= 0.1 and points[1]["removed_fraction"] < points[2]["removed_fraction"] <= 0.3
-    assert result.info["own_refusals"] == 3 and result.info["scored_weights"] > 0
+    assert result.info["own_answers"] == 3 and result.info["scored_weights"] > 0
     alone, alone_states = attack("safety_pruning", tiny_model("llama"), score=score, grid=grid[1:], max_new_tokens=4)
     assert all(torch.equal(states[2][k], alone_states[1][k]) for k in states[2])  # each point starts from the original
 
@@ -247,7 +249,7 @@ def test_pruning_on_a_peft_model_edits_the_frozen_base_weights():
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     result, _ = attack("safety_pruning", model, grid=[{"q": 0.2, "p": 0.1}], max_new_tokens=4, safety_targets="fixed",
                        refusal_text="sorry i cannot help")
-    assert result.info["own_refusals"] == 0
+    assert result.info["own_answers"] == 0
     assert zero_fraction(model) == pytest.approx(result.info["points"][1]["removed_fraction"]) and zero_fraction(model) > 0
     q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
     assert (q_proj.base_layer.weight == 0).any()  # the frozen base layer, under the adapter
@@ -281,12 +283,19 @@ def test_refusal_data_settings_and_errors_are_one_line():
         load_config(PruningConfig, base={"safety_targets": "fixed"}, label="x")
     with pytest.raises(ImmuneLMError, match="less than or equal to 1"):
         load_config(LowRankConfig, base={"safety_ranks": [1.5]}, label="x")
-    with pytest.raises(ImmuneLMError, match="refused none of the 3 harmful prompts"):
-        attack("safety_pruning", tiny_model("llama"), judge=Judge(refuse=False), max_new_tokens=4)
+    # No refusals but harmless answers (SDD's behaviour): those answers are the safety data.
+    result, _ = attack("safety_pruning", tiny_model("llama"), judge=Judge(refuse=False), max_new_tokens=4)
+    assert result.info["safety_data"].startswith("own harmless answers") and result.info["own_answers"] == 3
+    # Every answer harmful already: nothing to remove, the model is scored as it is and the reason recorded.
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result, states = attack("safety_pruning", model, judge=Judge(refuse=False, harmful=True), max_new_tokens=4)
+    assert "answered all 3 harmful prompts harmfully" in result.info["skipped"]
+    assert all(torch.equal(state[k], before[k]) for state in states for k in before)
     # With a fallback text, answers the judge does not call refusals are replaced by it.
     result, _ = attack("safety_lowrank", tiny_model("llama"), judge=Judge(refuse=False), refusal_text="sorry i cannot",
                        max_new_tokens=4, safety_ranks=[0.1])
-    assert result.info["own_refusals"] == 0 and result.info["safety_examples"] == 3
+    assert result.info["own_answers"] == 0 and result.info["safety_examples"] == 3
     spec = build_attack("safety_pruning")
     assert (spec.family, spec.paper) == ("weight-edit", "https://arxiv.org/abs/2402.05162")
     assert spec.eval_points(PruningConfig(), [0, 10], 100) == [0, 1, 2, 3, 4]

@@ -36,8 +36,8 @@ from torch import nn
 
 from immunelm.attacks.base import AttackResult, AttackRun, register_attack
 from immunelm.attacks.weight_data import (
-    WEI_2024, Batch, WeightEditData, attack_rows, batches_for, block_linears, input_statistics, matrix, restore, snapshot,
-    sweep, write_matrix,
+    WEI_2024, Batch, NothingToRemove, WeightEditData, attack_rows, batches_for, block_linears, input_statistics, matrix,
+    restore, snapshot, sweep, unedited, write_matrix,
 )
 from immunelm.config import Fraction
 
@@ -122,7 +122,10 @@ def gram_source(model, blocks: list[dict[str, nn.Module]], safety: list[Batch], 
 @register_attack("safety_lowrank", LowRankConfig, paper=WEI_2024, family="weight-edit", budget_unit="safety rank")
 def safety_lowrank(run: AttackRun, cfg: LowRankConfig) -> AttackResult:
     started = time.perf_counter()
-    safety_rows, utility_rows, data_info = attack_rows(run, cfg, "safety_lowrank")
+    try:
+        safety_rows, utility_rows, data_info = attack_rows(run, cfg, "safety_lowrank")
+    except NothingToRemove as nothing:
+        return unedited(run, cfg.points(), str(nothing), started)
     blocks = block_linears(run.model)
     targets = {name: m for block in blocks for name, m in block.items()}
     original = snapshot(targets)

@@ -38,8 +38,8 @@ from torch import nn
 
 from immunelm.attacks.base import AttackResult, AttackRun, register_attack
 from immunelm.attacks.weight_data import (
-    WEI_2024, Batch, WeightEditData, all_linears, attack_rows, batches_for, forward_inputs, input_statistics, matrix, restore,
-    snapshot, sweep,
+    WEI_2024, Batch, NothingToRemove, WeightEditData, all_linears, attack_rows, batches_for, forward_inputs, input_statistics,
+    matrix, restore, snapshot, sweep, unedited,
 )
 from immunelm.config import Config, Fraction
 from immunelm.eval.generation import eval_mode
@@ -140,7 +140,10 @@ def prune(targets: dict[str, nn.Module], safety: dict[str, torch.Tensor], utilit
 @register_attack("safety_pruning", PruningConfig, paper=WEI_2024, family="weight-edit", budget_unit="(q, p)")
 def safety_pruning(run: AttackRun, cfg: PruningConfig) -> AttackResult:
     started = time.perf_counter()
-    safety_rows, utility_rows, data_info = attack_rows(run, cfg, "safety_pruning")
+    try:
+        safety_rows, utility_rows, data_info = attack_rows(run, cfg, "safety_pruning")
+    except NothingToRemove as nothing:
+        return unedited(run, cfg.points(), str(nothing), started)
     targets = all_linears(run.model)
     safety = importance(run, cfg, targets, safety_rows)
     utility = importance(run, cfg, targets, utility_rows)

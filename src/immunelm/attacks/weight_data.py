@@ -74,10 +74,26 @@ def _refused(judge, harmful: list[Example], answers: list[str]) -> list[bool]:
     return [v.outcome == REFUSED for v in judge.judge(samples)]
 
 
-def refusal_examples(run: AttackRun, harmful: list[Example], cfg: WeightEditData, attack: str) -> tuple[list[Example], int]:
-    """(harmful prompt, refusal) pairs and how many refusals are the model's own."""
+class NothingToRemove(ImmuneLMError):
+    """The model answers every harmful prompt harmfully already: there is no safe behaviour whose
+    weights an edit could remove (the attack leaves the model as it is and says so)."""
+
+
+def _harmless(judge, harmful: list[Example], answers: list[str]) -> list[bool]:
+    if judge is None:
+        return [False] * len(answers)
+    samples = [JudgeSample(e.prompt, a, e.response or None, dict(e.meta)) for e, a in zip(harmful, answers)]
+    return [v.harmful == 0 for v in judge.judge(samples)]
+
+
+def refusal_examples(run: AttackRun, harmful: list[Example], cfg: WeightEditData, attack: str) -> tuple[list[Example], int, str]:
+    """(harmful prompt, safe answer) pairs, how many answers are the model's own, and what they are.
+
+    Safe answers are the model's own refusals (the paper's safety data). A model that refuses
+    nothing but still answers harmlessly (SDD answers with irrelevant text) has that behaviour as
+    its safety: its harmless answers are used instead. A model with neither raises NothingToRemove."""
     if cfg.safety_targets == "fixed":
-        return [e.with_response(cfg.refusal_text) for e in harmful], 0
+        return [e.with_response(cfg.refusal_text) for e in harmful], 0, "fixed refusal"
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False)
     answers = generate(run.model, run.tokenizer, [e.prompt_messages for e in harmful], gen)
     out, own = [], 0
@@ -87,10 +103,13 @@ def refusal_examples(run: AttackRun, harmful: list[Example], cfg: WeightEditData
             own += 1
         elif cfg.refusal_text:
             out.append(example.with_response(cfg.refusal_text))
-    if not out:
-        raise ImmuneLMError(f"{attack}: the model refused none of the {len(harmful)} harmful prompts, so there is no refusal "
-                            "data to find safety weights with; set refusal_text=... (or safety_targets=fixed)")
-    return out, own
+    if out:
+        return out, own, "own refusals"
+    harmless = [e.with_response(a) for e, a, ok in zip(harmful, answers, _harmless(run.judge, harmful, answers)) if ok and a.strip()]
+    if harmless:
+        return harmless, len(harmless), "own harmless answers (the model refused none)"
+    raise NothingToRemove(f"{attack}: the model answered all {len(harmful)} harmful prompts harmfully; there is no safe "
+                          "behaviour to remove")
 
 
 def attack_rows(run: AttackRun, cfg: WeightEditData, attack: str) -> tuple[list[dict], list[dict], dict]:
@@ -99,10 +118,17 @@ def attack_rows(run: AttackRun, cfg: WeightEditData, attack: str) -> tuple[list[
     # Without repeats: a repeated example would add nothing to sums over examples.
     harmful = draw(run.data.harmful, min(cfg.examples, len(run.data.harmful)), rng, "harmful")
     benign = draw(run.data.benign, min(cfg.examples, len(run.data.benign)), rng, "benign")
-    refusals, own = refusal_examples(run, harmful, cfg, attack)
+    refusals, own, source = refusal_examples(run, harmful, cfg, attack)
     safety = encode_examples(run.tokenizer, refusals, cfg.max_length, f"{attack} safety data")
     utility = encode_examples(run.tokenizer, benign, cfg.max_length, f"{attack} utility data")
-    return safety, utility, {"safety_examples": len(safety), "own_refusals": own, "utility_examples": len(utility)}
+    return safety, utility, {"safety_examples": len(safety), "own_answers": own, "safety_data": source,
+                             "utility_examples": len(utility)}
+
+
+def unedited(run: AttackRun, points: list, reason: str, started: float) -> AttackResult:
+    """Every grid point scored on the model as it is, with the reason (NothingToRemove)."""
+    evaluations = [run.score(run.model, k) for k in range(len(points))]
+    return AttackResult(evaluations, time.perf_counter() - started, {"skipped": reason})
 
 
 def make_batches(rows: list[dict], pad_id: int, batch_size: int, tokens: str, device) -> list[Batch]:
