@@ -23,6 +23,7 @@ from common import save_result
 from immunelm.api import EvaluateConfig, ImmuniseConfig, ModelSpec, run_evaluation, run_immunise
 from immunelm.api.immunise import load_defence_config
 from immunelm.defences import build_defence, defence_names
+from immunelm.eval.pillars import summarise_resistance
 from immunelm.report import load_report
 
 
@@ -68,6 +69,8 @@ def per_run_rows(run_dirs: list[Path]) -> dict[str, list[dict]]:
     per_model: dict[str, list[dict]] = {}
     for run_dir in run_dirs:
         for m in load_report(run_dir).models:
+            # re-read from the curves with today's definitions (older runs get the newer fields)
+            m.resistance_summary = summarise_resistance(m.resistance, m.resistance_summary.threshold, m.resistance_summary.epsilon)
             per_model.setdefault(m.name, []).append({
                 "worst_final_harmful": m.resistance_summary.worst_final_harmful,
                 "mean_final_harmful": m.resistance_summary.mean_final_harmful,
@@ -77,6 +80,7 @@ def per_run_rows(run_dirs: list[Path]) -> dict[str, list[dict]]:
                 "worst_adversary_utility": m.resistance_summary.worst_adversary_utility,
                 "mean_final_collapsed": statistics.fmean(a.curve[-1].outcomes.collapsed for a in m.resistance),
                 "held_only_by_collapse_fraction": len(m.resistance_summary.held_only_by_collapse) / len(m.resistance),
+                "outcome_by_adversary": m.resistance_summary.outcome_by_adversary,
                 **{f"worst_{family}": v for family, v in m.resistance_summary.worst_by_family.items()},
                 "benign_accuracy": m.stability.benign_accuracy,
                 "trainability_accuracy": m.trainability.final_accuracy,
@@ -101,7 +105,7 @@ def summarise(per_model: dict[str, list[dict]]) -> dict:
     table = {}
     for name, rows in per_model.items():
         table[name] = {}
-        for key in dict.fromkeys(k for r in rows for k in r):  # every key any run has, in order
+        for key in dict.fromkeys(k for r in rows for k in r if not isinstance(r[k], dict)):  # numbers, in order
             values = [r[key] for r in rows if r.get(key) is not None]
             table[name][key] = {"mean": statistics.fmean(values) if values else None,
                                 "min": min(values, default=None), "max": max(values, default=None), "n": len(values)}

@@ -157,7 +157,7 @@ def adversary_row(model: ModelReport, adv: AdversaryResult) -> dict[str, str]:
         "refused": fmt(end.outcomes.refused if end else None), "collapsed": fmt(end.outcomes.collapsed if end else None),
         "complied": fmt(end.outcomes.complied if end else None),
         "broken": broken, "broken_class": {"yes": "no", "no": "yes"}.get(cls, cls), "seconds": f"{adv.seconds:.0f}",
-        "ended": ended, "ended_class": {"refused": "yes", "collapsed": "na", "broken": "no"}.get(ended, "na"),
+        "ended": ended, "ended_class": {"refused": "yes", "deflected": "yes", "collapsed": "na", "broken": "no"}.get(ended, "na"),
     }
 
 
