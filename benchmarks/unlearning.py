@@ -21,7 +21,8 @@ import torch
 from common import save_result
 
 from immunelm.data import PaddingCollator, encode_example
-from immunelm.defences import apply_defence, build_defence
+from immunelm.api.immunise import load_defence_config
+from immunelm.defences import apply_defence
 from immunelm.engine import TrainConfig, train
 from immunelm.world.organism import Organism
 from immunelm.world.unlearning import downstream_examples, relearning_examples, unlearning_data, unlearning_scores
@@ -46,7 +47,7 @@ def fine_tune(model, tokenizer, examples, steps: int, lr: float, seed: int):
 
 def run_method(label: str, seed: int, steps: int, base, tokenizer, world) -> dict:
     name, fields = METHODS[label]
-    cfg = build_defence(name).config_cls.model_validate({**fields, "train": {"seed": seed, "progress": False}})
+    cfg = load_defence_config(name, {**fields, "train": {"seed": seed, "progress": False}})  # merged into the defaults
     started = time.perf_counter()
     unlearned = apply_defence(name, copy.deepcopy(base), tokenizer, unlearning_data(world), cfg).model
     seconds = time.perf_counter() - started
