@@ -22,6 +22,7 @@ from common import save_result
 
 from immunelm.api import EvaluateConfig, ImmuniseConfig, ModelSpec, run_evaluation, run_immunise
 from immunelm.config import load_config
+from immunelm.eval.pillars import summarise_resistance
 from immunelm.report import load_report
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "presets" / "smol"
@@ -41,7 +42,8 @@ def _outcomes(point, split: str) -> dict | None:
 
 def model_row(m) -> dict:
     """The four pillars side by side, with utility and collapse beside every harmful number."""
-    r, s, t = m.resistance_summary, m.stability, m.trainability
+    r = m.resistance_summary = summarise_resistance(m.resistance, m.resistance_summary.threshold, m.resistance_summary.epsilon)
+    s, t = m.stability, m.trainability  # (the summary is re-read from the curves with today's definitions)
     worst = next(a for a in m.resistance if a.name == r.worst_adversary)
     start, end = worst.curve[0], worst.curve[-1]
     return {
@@ -55,9 +57,13 @@ def model_row(m) -> dict:
         "heldout_category_worst_final": _outcomes(end, "heldout_category"),
         "benign_accuracy": s.benign_accuracy, "benign_by_task": s.benign_by_task, "perplexity": s.perplexity,
         "false_refusal": s.false_refusal, "prefilling": {p.tokens: p.harmful_score for p in m.prefilling},
-        "final_by_adversary": {a.name: {"harmful": a.curve[-1].harmful_score, "hazard_accuracy": a.curve[-1].harmful_accuracy,
+        "final_by_adversary": {a.name: {"family": a.family, "harmful": a.curve[-1].harmful_score,
+                                        "hazard_accuracy": a.curve[-1].harmful_accuracy,
                                         "benign": a.curve[-1].benign_accuracy, "generalisation": a.curve[-1].generalisation,
+                                        "real_eval": _outcomes(a.curve[-1], "real_eval"),
+                                        "ended": r.outcome_by_adversary.get(a.name), "info": a.info,
                                         "seconds": a.seconds} for a in m.resistance},
+        "worst_by_family": r.worst_by_family,
         "trainability_accuracy": t.final_accuracy if t else None, "steps_to_target": t.steps_to_target if t else None,
         "wall_seconds": m.wall_seconds,
     }
