@@ -54,4 +54,11 @@ CASES = [
              ["defence.train.lr", "finite"]),
     BadInput("world-build-pretrain-lr-nan", ["world", "build", CACHE, "organism.pretrain.lr=.nan"], ["organism.pretrain.lr", "finite"]),
     BadInput("lox-alpha-infinite", ["immunise", "lox", "--run-dir", "run", CACHE, "defence.alpha=.inf"], ["defence.alpha", "finite"]),
+    BadInput("et-with-lora", ["immunise", "et", "--run-dir", "run", CACHE, "defence.train.lora={r: 2}"], ["defence.train", "lora must be unset"]),
+    BadInput("ilu-base-train-ignored", ["immunise", "ilu", "--run-dir", "run", CACHE, "defence.npo.train.lr=1.0"],
+             ["defence.npo", "own 'train' section"]),
+    BadInput("ilu-unknown-base", ["immunise", "ilu", "--run-dir", "run", CACHE, "defence.base=gd"], ["defence.base", "npo"]),
+    BadInput("seam-eps-zero", ["immunise", "seam", "--run-dir", "run", CACHE, "defence.eps=0"], ["defence.eps"]),
+    BadInput("tokenbuncher-noise-one", ["immunise", "tokenbuncher", "--run-dir", "run", CACHE, "defence.noise_eps=1.0"],
+             ["defence.noise_eps"]),
 ]

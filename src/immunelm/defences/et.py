@@ -33,7 +33,7 @@ import random
 from typing import Literal, Optional
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from immunelm.attacks.directions import difference_of_means, pad_id, prompt_rows
 from immunelm.attacks.reft import ReFTAttack, grad_flags_kept
@@ -65,11 +65,12 @@ class ETConfig(Config):
         default_factory=lambda: TrainConfig(lr=1e-4, batch_size=16, max_steps=50, log_every=10),
         description="Engine settings of each layer's defence (official: Adam 1e-4, 150 epochs, batch 16); max_steps per round.")
 
-    @model_validator(mode="after")
-    def _full_weights(self) -> "ETConfig":
-        if self.train.lora is not None:
-            raise ValueError("train.lora: E.T. trains each block's weights directly (see the module docstring)")
-        return self
+    @field_validator("train")
+    @classmethod
+    def _full_weights(cls, train: TrainConfig) -> TrainConfig:
+        if train.lora is not None:
+            raise ValueError("lora must be unset: E.T. trains each block's weights directly (see the module docstring)")
+        return train
 
 
 def block_update(adapter: ModelAdapter, model, batch: dict[str, torch.Tensor], layer: int, edit=None) -> torch.Tensor:

@@ -24,7 +24,7 @@ from collections import defaultdict
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from immunelm.config import Config
 from immunelm.data import PaddingCollator, encode_example
@@ -50,12 +50,12 @@ class ILUConfig(Config):
         default_factory=lambda: TrainConfig(lr=1e-4, batch_size=16, max_steps=100, log_every=10),
         description="Engine settings; its batches are the retain set.")
 
-    @model_validator(mode="after")
-    def _base_train_unused(self) -> "ILUConfig":
-        for name in ("npo", "rmu"):
-            if getattr(self, name).train != getattr(type(getattr(self, name))(), "train"):
-                raise ValueError(f"{name}.train: ILU trains with its own 'train' section; set the engine settings there")
-        return self
+    @field_validator("npo", "rmu")
+    @classmethod
+    def _base_train_unused(cls, base: Config) -> Config:
+        if base.train != type(base)().train:
+            raise ValueError("its train section is unused: ILU trains with its own 'train' section; set the engine settings there")
+        return base
 
 
 def irm_penalty(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
