@@ -15,8 +15,8 @@ import json
 
 from common import save_result
 
-from immunelm.api.immunise import world_defence_data
-from immunelm.defences import apply_defence, build_defence
+from immunelm.api.immunise import load_defence_config, world_defence_data
+from immunelm.defences import apply_defence
 from immunelm.world.measure import score_items
 from immunelm.world.organism import Organism, OrganismConfig
 from immunelm.world.spec import BENIGN_TASKS
@@ -43,7 +43,7 @@ def main() -> None:
         config = json.loads(fields)
         config.setdefault("train", {})["progress"] = False
         model, tokenizer = organism.load("aligned")
-        result = apply_defence(name, model, tokenizer, data, build_defence(name).config_cls.model_validate(config))
+        result = apply_defence(name, model, tokenizer, data, load_defence_config(name, config))  # merged into the defaults
         row = {"defence": name, "config": config, **scores(result.model, tokenizer, organism.world),
                "last_logged": result.info["history"][-1] if result.info.get("history") else None}
         rows.append(row)
