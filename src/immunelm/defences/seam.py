@@ -10,7 +10,8 @@ The update is
   RepNoise-style unlearning term on (harmful prompt, harmful answer);
 * L_up = CE of the refusals (the official code), or of D_align = refusals + benign pairs
   (``up_data=align``, the default here: on the organism refusal-only training made the model refuse
-  benign requests too, benign accuracy 0.00 after 300 steps at lr 2e-5, 5e-5 and 1.5e-4);
+  benign requests too, benign accuracy 0.00 after 300 steps at lr 2e-5 and 1.5e-4, recorded in
+  benchmarks/results/defence_probe_family3-defaults.json and defence_eval_quick_family3-sanity.json);
 * L_sd = cos(g_a, g_b), g_a = grad CE(harmful batch), g_b = grad CE(benign batch), both over all
   trainable weights. Its gradient is H_a (g^_b - c g^_a) / ||g_a|| + H_b (g^_a - c g^_b) / ||g_b||
   (c = cos, g^ = unit vectors, H the Hessians), estimated Hessian-free by forward differences as
