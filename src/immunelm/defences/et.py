@@ -39,7 +39,6 @@ from immunelm.attacks.directions import difference_of_means, pad_id, prompt_rows
 from immunelm.attacks.reft import ReFTAttack, grad_flags_kept
 from immunelm.config import Config, Seed
 from immunelm.data import PaddingCollator, encode_example
-from immunelm.data.chat import encode_prompt
 from immunelm.defences.base import DefenceData, register_defence, trained
 from immunelm.defences.rmu import token_mse
 from immunelm.engine import StepContext, TrainConfig, TrainResult, causal_lm_loss, train
@@ -104,7 +103,7 @@ class ETStep:
 
 def prompt_only_rows(tokenizer, data: DefenceData) -> list[dict[str, list[int]]]:
     """Harmful prompts with the assistant header (what the intervention acts on), no answer."""
-    return [{"input_ids": ids, "labels": list(ids)} for ids in (encode_prompt(tokenizer, e.prompt_messages) for e in data.refusals)]
+    return [{"input_ids": ids, "labels": list(ids)} for ids in prompt_rows(tokenizer, data.refusals)]
 
 
 class Attacker:
