@@ -5,6 +5,7 @@ reference with one suite, and record the pillars per method (mean and range over
     python benchmarks/defence_eval.py --summarise RUN_DIR [RUN_DIR ...]   # aggregate existing runs
         [--include benchmarks/results/OLD.json]                           # + runs recorded earlier
     python benchmarks/defence_eval.py --methods tar lox vaccine+lox      # a+b = pipeline a then b
+    python benchmarks/defence_eval.py --seeds 1 2 --reference none       # aligned already recorded
 
 Writes benchmarks/results/defence_eval_<suite>.json. The seed is the defence's training seed
 (``defence.train.seed``); the organism and the attacks are the same for every seed, so the
@@ -50,8 +51,9 @@ def immunised(name: str, config: dict, out: Path, reuse: bool) -> Path:
     return run_immunise(name, ImmuniseConfig(defence=config), out)
 
 
-def evaluate_seed(methods: list[str], seed: int, suite: str, root: Path, reuse: bool = False) -> Path:
-    specs = [ModelSpec(name="aligned", source="organism:aligned", role="reference")]
+def evaluate_seed(methods: list[str], seed: int, suite: str, root: Path, reuse: bool = False,
+                  with_reference: bool = True) -> Path:
+    specs = [ModelSpec(name="aligned", source="organism:aligned", role="reference")] if with_reference else []
     for method in methods:
         out = root / f"seed{seed}" / f"immunise-{method}"
         name, config = defence_for(method, seed)
@@ -59,7 +61,7 @@ def evaluate_seed(methods: list[str], seed: int, suite: str, root: Path, reuse: 
         specs.append(ModelSpec(name=method, source=str(ckpt), role="defended", defence=method))
     cfg = EvaluateConfig(models=specs)
     cfg.evaluation.suite = suite
-    run_dir = root / f"seed{seed}" / "evaluate"
+    run_dir = root / f"seed{seed}" / f"evaluate-{suite}"  # one root holds both suites' runs of the same models
     run_evaluation(cfg, run_dir)
     return run_dir
 
@@ -122,8 +124,15 @@ def main() -> None:
     parser.add_argument("--label", default="", help="Suffix of the results file name.")
     parser.add_argument("--include", type=Path, nargs="*", default=[], help="Earlier results files whose runs also count.")
     parser.add_argument("--reuse", action="store_true", help="Keep models immunised earlier under --root with the same config.")
+    parser.add_argument("--reference", choices=["each", "first", "none"], default="each",
+                        help="Evaluate the aligned reference with each seed, the first only, or not at all. Its "
+                             "result does not depend on the defence seed (same organism, same attacks), so "
+                             "'first'/'none' save its evaluation where it was recorded already.")
     args = parser.parse_args()
-    run_dirs = args.summarise or [evaluate_seed(args.methods, s, args.suite, args.root, args.reuse) for s in args.seeds]
+    run_dirs = args.summarise or [
+        evaluate_seed(args.methods, s, args.suite, args.root, args.reuse,
+                      with_reference=args.reference == "each" or (args.reference == "first" and i == 0))
+        for i, s in enumerate(args.seeds)]
     per_model = per_run_rows(run_dirs)
     for path in args.include:
         for name, rows in earlier_rows(path).items():

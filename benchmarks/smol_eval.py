@@ -5,6 +5,7 @@ record the four pillars, the real-prompt outcomes and the wall time per model.
     python benchmarks/smol_eval.py --methods deep-align repnoise mlac --suite smol-quick
     python benchmarks/smol_eval.py --methods deep-align --released      # + SmolLM2 as released
     python benchmarks/smol_eval.py --summarise runs/smol_eval/evaluate   # re-read a finished run
+    python benchmarks/smol_eval.py --methods npo --no-reference --run-name evaluate-npo  # aligned recorded
         [--methods deep-align]   # + the presets of models immunised earlier under --root
 
 Writes benchmarks/results/smol_eval_<suite>[_<label>].json.
@@ -78,11 +79,14 @@ def main() -> None:
     parser.add_argument("--summarise", type=Path, nargs="*", default=None, help="Finished evaluate run dirs (models merged).")
     parser.add_argument("--label", default="")
     parser.add_argument("--set", nargs="*", default=[], help="Extra key=value overrides of the evaluation config.")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="Leave the aligned reference out (recorded already: summarise its run dir beside this one).")
+    parser.add_argument("--run-name", default="evaluate", help="The evaluation's directory under --root.")
     args = parser.parse_args()
     immunise_seconds = {}
     run_dirs = args.summarise
     if not run_dirs:
-        specs = [ModelSpec(name="aligned", source="smol:aligned", role="reference")]
+        specs = [] if args.no_reference else [ModelSpec(name="aligned", source="smol:aligned", role="reference")]
         if args.released:
             specs.append(ModelSpec(name="released", source="smollm2-135m-instruct", role="base"))
         for method in args.methods:
@@ -90,7 +94,7 @@ def main() -> None:
             specs.append(ModelSpec(name=method, source=source, role="defended", defence=method))
         cfg = load_config(EvaluateConfig, overrides=[f"evaluation.task=smol", f"evaluation.suite={args.suite}", *args.set])
         cfg.models = specs
-        run_dirs = [args.root / "evaluate"]
+        run_dirs = [args.root / args.run_name]
         run_evaluation(cfg, run_dirs[0])
     reports = [load_report(r) for r in run_dirs]
     report = reports[0]
