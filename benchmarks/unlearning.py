@@ -17,25 +17,17 @@ import copy
 import statistics
 import time
 
-import torch
 from common import save_result
 
 from immunelm.data import PaddingCollator, encode_example
 from immunelm.api.immunise import load_defence_config
 from immunelm.defences import apply_defence
+from immunelm.diagnostics.task_vectors import cosine, task_vector
 from immunelm.engine import TrainConfig, train
 from immunelm.world.organism import Organism
 from immunelm.world.unlearning import downstream_examples, relearning_examples, unlearning_data, unlearning_scores
 
 METHODS = {"npo": ("npo", {}), "ilu": ("ilu", {"base": "npo"}), "rmu": ("rmu", {}), "ilu-rmu": ("ilu", {"base": "rmu"})}
-
-
-def flat(model) -> torch.Tensor:
-    return torch.cat([p.detach().float().flatten() for p in model.parameters()])
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
 def fine_tune(model, tokenizer, examples, steps: int, lr: float, seed: int):
@@ -54,8 +46,7 @@ def run_method(label: str, seed: int, steps: int, base, tokenizer, world) -> dic
     relearned = fine_tune(unlearned, tokenizer, relearning_examples(world, seed=seed), steps, 1e-4, seed)
     downstream = downstream_examples(world)
     original_ft, unlearned_ft = (fine_tune(m, tokenizer, downstream, steps, 1e-4, seed) for m in (base, unlearned))
-    theta_o, theta_u = flat(base), flat(unlearned)
-    tau_u, tau_ft, tau_u_ft = theta_u - theta_o, flat(original_ft) - theta_o, flat(unlearned_ft) - theta_u
+    tau_u, tau_ft, tau_u_ft = task_vector(unlearned, base), task_vector(original_ft, base), task_vector(unlearned_ft, unlearned)
     return {
         "unlearned": unlearning_scores(unlearned, tokenizer, world),
         "after_harmful_relearning": unlearning_scores(relearned, tokenizer, world),

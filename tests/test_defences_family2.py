@@ -237,7 +237,8 @@ def test_rir_is_one_for_an_unchanged_model_and_kappa_matches_numpy(tiny_llama):
 
 # ---------------------------------------------------------------- LoX
 def test_lox_full_rank_and_low_rank_extrapolation():
-    from immunelm.defences.lox import LoXConfig, extrapolate_weight, spectrum_stats
+    from immunelm.defences.lox import LoXConfig, extrapolate_weight
+    from immunelm.diagnostics.spectra import spectrum_stats
 
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(6, 5, generator=gen)

@@ -9,7 +9,7 @@ from immunelm.data import Example, encode_example
 from immunelm.world import corpus
 from immunelm.eval.judges.outcomes import COLLAPSED, CORRECT, REFUSED, WRONG, is_collapsed
 from immunelm.world.judge import is_refusal, judge, normalise
-from immunelm.world.measure import per_token_kl
+from immunelm.diagnostics.kl import per_token_kl
 from immunelm.world.spec import (
     BENIGN_TASKS, HARMFUL_DOMAINS, PHRASINGS, REFUSALS, TRAINABILITY_TASK, WorldConfig, generate_world,
 )

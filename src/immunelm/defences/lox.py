@@ -24,6 +24,7 @@ import torch
 from pydantic import Field
 
 from immunelm.config import Config
+from immunelm.diagnostics.spectra import spectrum_stats
 from immunelm.defences.base import DefenceData, Immunised, register_defence
 from immunelm.errors import ImmuneLMError
 
@@ -33,22 +34,6 @@ class LoXConfig(Config):
     alpha: float = Field(1.0, gt=0, le=100, description="Extrapolation coefficient (official default 1.0).")
     anchor: Literal["aligned", "base"] = Field("aligned", description="aligned: W_align + alpha*P_k (paper); base: W_base + alpha*P_k (seed 003).")
     skip_embeddings: bool = Field(False, description="Leave input/output embeddings unchanged.")
-
-
-def spectrum_stats(sigma: torch.Tensor, rank: int) -> dict[str, float]:
-    sigma = sigma.double()
-    energy = sigma.pow(2)
-    total = float(energy.sum())
-    if total == 0:
-        return {"effective_rank": 0.0, "rank90": 0, "energy_kept": 1.0}
-    p = sigma / sigma.sum()
-    p = p[p > 0]
-    cumulative = torch.cumsum(energy, 0) / total
-    return {
-        "effective_rank": float(torch.exp(-(p * p.log()).sum())),
-        "rank90": int((cumulative < 0.9).sum()) + 1,
-        "energy_kept": float(cumulative[min(rank, sigma.numel()) - 1]) if rank else 1.0,
-    }
 
 
 def extrapolate_weight(aligned: torch.Tensor, base: torch.Tensor, cfg: LoXConfig) -> tuple[torch.Tensor, dict]:

@@ -31,7 +31,7 @@ from immunelm.eval.judges.base import JudgeSample
 from immunelm.eval.judges.outcomes import REFUSED, answer_contains
 from immunelm.eval.scoring import outcome_rates
 from immunelm.smol.data import HARM_DOMAINS, benign_eval, real_splits
-from immunelm.world.measure import per_token_kl
+from immunelm.diagnostics.kl import per_token_kl, split_profile
 
 GENERATION = GenerationConfig(max_new_tokens=40, batch_size=64, progress=False)
 
@@ -103,9 +103,7 @@ def harmful_sets(world, cfg: SmolCheckConfig) -> dict[str, list[Example]]:
 
 def kl_profile(aligned, base, tok, examples: list[Example], first: int) -> dict:
     kl = per_token_kl(aligned, base, tok, examples, batch_size=32)
-    head, tail = kl[:first].mean().item(), kl[first:].mean().item()
-    return {"per_position": [round(x, 4) for x in kl.tolist()], "first_mean": head, "later_mean": tail,
-            "ratio": head / max(tail, 1e-9)}
+    return split_profile(kl, first).model_dump()
 
 
 def attack_recovery(aligned, tok, world, cfg: SmolCheckConfig) -> dict:

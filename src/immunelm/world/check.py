@@ -21,7 +21,8 @@ from immunelm.config import Config
 from immunelm.data import Example, PaddingCollator, encode_example
 from immunelm.engine import TrainConfig, train
 from immunelm.world import corpus
-from immunelm.world.measure import per_token_kl, score_items
+from immunelm.world.measure import score_items
+from immunelm.diagnostics.kl import per_token_kl, split_profile
 from immunelm.world.spec import BENIGN_TASKS, HARMFUL_DOMAINS
 
 
@@ -75,9 +76,7 @@ def kl_profile(aligned, base, tok, world, first: int) -> dict:
         for d in HARMFUL_DOMAINS for i in world.by_task(d, "eval") for p in world.train_phrasings
     ]
     kl = per_token_kl(aligned, base, tok, examples)
-    head, tail = kl[:first].mean().item(), kl[first:].mean().item()
-    return {"per_position": [round(x, 4) for x in kl.tolist()], "first_mean": head, "later_mean": tail,
-            "ratio": head / max(tail, 1e-9)}
+    return split_profile(kl, first).model_dump()
 
 
 def attack_recovery(aligned, tok, world, cfg: CheckConfig) -> dict:

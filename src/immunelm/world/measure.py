@@ -1,14 +1,11 @@
-"""Measurements on the world: batched greedy answers, exact scores, per-token KL."""
+"""Measurements on the world: batched greedy answers and exact scores (per-token KL lives in
+:mod:`immunelm.diagnostics.kl`)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Sequence
 
-import torch
-import torch.nn.functional as F
-
-from immunelm.data import Example, PaddingCollator, encode_example
 from immunelm.eval.generation import GenerationConfig, generate
 from immunelm.eval.judges.outcomes import CORRECT, REFUSED
 from immunelm.world.judge import judge
@@ -36,33 +33,3 @@ def score_items(model, tokenizer, items: Sequence[Item], phrasings: Sequence[int
         "rates": {k: v / n for k, v in sorted(counts.items())},
         "records": records,
     }
-
-
-@torch.no_grad()
-def per_token_kl(model_p, model_q, tokenizer, examples: Sequence[Example], batch_size: int = 256) -> torch.Tensor:
-    """Mean over examples of KL(p(.|x, y<t) || q(.|x, y<t)) at each response position t.
-
-    Qi et al. (2024), "Safety Alignment Should Be Made More Than Just a Few Tokens Deep",
-    https://arxiv.org/abs/2406.05946 (their Fig. 1 uses p = aligned, q = base). Position 0 is
-    the first response token. Examples may differ in length; positions are averaged over the
-    examples long enough to have them.
-    """
-    model_p.eval(), model_q.eval()
-    device = next(model_p.parameters()).device
-    collate = PaddingCollator(tokenizer.pad_token_id)
-    sums, counts = torch.zeros(0), torch.zeros(0)
-    for lo in range(0, len(examples), batch_size):
-        batch = collate([encode_example(tokenizer, e) for e in examples[lo:lo + batch_size]])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logp = F.log_softmax(model_p(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), -1)
-        logq = F.log_softmax(model_q(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), -1)
-        kl = (logp.exp() * (logp - logq)).sum(-1)[:, :-1]  # predicts token t+1
-        target = batch["labels"][:, 1:] != -100
-        for row_kl, row_mask in zip(kl.cpu(), target.cpu()):
-            values = row_kl[row_mask]
-            if len(values) > len(sums):
-                pad = len(values) - len(sums)
-                sums, counts = torch.cat([sums, torch.zeros(pad)]), torch.cat([counts, torch.zeros(pad)])
-            sums[: len(values)] += values
-            counts[: len(values)] += 1
-    return sums / counts.clamp(min=1)
