@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from immunelm.cli import diagnose as diagnose_cmd
 from immunelm.cli import evaluate as evaluate_cmd
 from immunelm.cli import finetune as finetune_cmd
 from immunelm.cli import immunise as immunise_cmd
@@ -41,6 +42,7 @@ app.add_typer(model_app, name="model")
 app.command("finetune")(finetune_cmd.finetune)
 app.command("immunise")(immunise_cmd.immunise)
 app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("diagnose")(diagnose_cmd.diagnose)
 app.command("report")(report_cmd.report)
 app.command("attacks")(listing_cmd.attacks)
 app.command("defences")(listing_cmd.defences)
