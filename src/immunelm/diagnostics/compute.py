@@ -14,7 +14,7 @@ from immunelm.diagnostics import conditioning, drift, gradients, landscape
 from immunelm.diagnostics.kl import kl_profile
 from immunelm.diagnostics.schema import PairDiagnostics, PairDrift
 from immunelm.diagnostics.spectra import delta_spectra, subspace_overlap, two_d_deltas
-from immunelm.diagnostics.task_vectors import angle, task_vector
+from immunelm.diagnostics.task_vectors import angle, norm, task_vector
 
 
 @dataclass
@@ -68,8 +68,9 @@ def pair(ctx: Context, child: str, parent: str, kind: str, wanted: set[str]) -> 
                                                      s.overlap_fraction, f"overlap of {child} - {parent} with aligned - base")
     if "task_vectors" in wanted and alignment:
         with ctx.timer("task_vectors"):
-            out.alignment_angle = angle(task_vector(c, p, f"{child} - {parent}"), alignment["vector"],
-                                        f"{child} - {parent}", "aligned - base")
+            tau = task_vector(c, p, f"{child} - {parent}")
+            if norm(tau) > 0:  # an unchanged model has no direction (its spectra say so: rank 0)
+                out.alignment_angle = angle(tau, alignment["vector"], f"{child} - {parent}", "aligned - base")
     if "landscape" in wanted:
         with ctx.timer("landscape"):
             out.landscape = landscape.interpolate(p, c, path_grid(s), ctx.landscape_metric(child))
