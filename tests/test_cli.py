@@ -98,9 +98,16 @@ def test_immunise_evaluate_and_report_end_to_end(tmp_path, cache):
     assert [p.step for p in model.resistance[0].curve] == [0, 2]
     assert model.trainability.curve[-1]["step"] == 2 and model.stability is not None
     assert [p.tokens for p in model.prefilling] == [1, 3, 5]
+    # the cheap diagnostics by default: KL and delta against the reference, drift of every attack
+    diag = model.diagnostics
+    assert diag.anchor == "aligned" and diag.kl.harmful and diag.delta.relative_norm > 0
+    assert all(a.drift is not None and len(a.drift.relative_distance) == len(a.drift.cosine) for a in model.resistance)
+    assert diag.worst_attack in {"sft", "lora"} and diag.worst_attack_drift.relative_distance[-1] > 0
+    assert report.models[0].diagnostics.kl is None and "kl" in report.models[0].diagnostics.skipped  # no base model given
     samples = (run_dir / "samples.jsonl").read_text().splitlines()
     assert len(samples) > 100 and json.loads(samples[0])["model"] == "aligned"
     html = (run_dir / "report.html").read_text()
+    assert "Mechanistic diagnostics" in html and "not computed" in html
     assert "imm" in html and "lora" in html and "Prefilling attack" in html
     (run_dir / "report.html").unlink()
     again = CliRunner().invoke(app, ["report", str(run_dir)])

@@ -95,3 +95,36 @@ def test_bad_input_is_one_line_and_no_run_dir(tmp_path, args, message):
     assert result.exit_code != 0
     assert message in str(result.exception) + result.output
     assert not run_dir.exists()
+
+
+def test_evaluate_computes_the_expensive_diagnostics_when_asked(tmp_path):
+    """evaluation.diagnostics=[...]: gradients, entropy, landscape and map land in results.json;
+    a prompt-only suite leaves no attacked model, and the drift says so instead of a number."""
+    from attack_e2e import run_evaluate
+    from immunelm.report import load_report
+
+    suite = ("name: t\nbudget: 2\neval_at: [0, 2]\ndefaults: {train: {progress: false, batch_size: 4}}\n"
+             "adversaries:\n  - {name: sft, examples: 4}\n")
+    result, out = run_evaluate(tmp_path, suite, "evaluation.diagnostics=[kl,spectra,drift,gradients,entropy,landscape,map]")
+    assert result.exit_code == 0, result.output
+    diag = load_report(out).models[0].diagnostics
+    assert -1 <= diag.gradient_cosine <= 1 and diag.response_entropy >= 0
+    assert len(diag.landscape["alphas"]) == 21 and diag.landscape["alphas"][10] == 0
+    labels = {(p["model"], p["set"]) for p in diag.representation_map["points"]}
+    assert labels == {("aligned", "harmful"), ("aligned", "benign"), ("aligned after sft", "harmful"), ("aligned after sft", "benign")}
+    assert set(diag.seconds) >= {"drift", "gradients", "entropy", "landscape", "map"}
+
+    prompt_only = "name: p\nbudget: 1\neval_at: [0, 1]\nadversaries:\n  - {name: misdirection, kind: misdirection}\n"
+    result, out = run_evaluate(tmp_path, prompt_only, "evaluation.diagnostics=[drift]", run_dir="prompt")
+    assert result.exit_code == 0, result.output
+    report = load_report(out)
+    assert report.models[0].resistance[0].kind == "misdirection" and report.models[0].resistance[0].drift is None
+    assert "drift" in report.models[0].diagnostics.skipped
+
+
+def test_unknown_evaluation_diagnostic_is_refused(tmp_path):
+    from attack_e2e import run_evaluate
+
+    result, out = run_evaluate(tmp_path, "name: t\nadversaries:\n  - {name: sft}\n", "evaluation.diagnostics=[kll]")
+    assert result.exit_code != 0 and "unknown diagnostic 'kll'" in str(result.exception) + result.output
+    assert not out.exists()

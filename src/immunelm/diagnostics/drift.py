@@ -26,7 +26,7 @@ Decisions:
   difference of means is zero there; a direction shorter than 1e-5 of the (larger) harmful
   mean's norm is reported as None (cosine undefined), not as a cosine of rounding noise.
 * Models run in eval mode (no dropout) under no_grad; their train/eval mode is restored.
-  Statistics are accumulated in float64 over batches, so memory does not grow with n.
+  States are kept in float64 (n x (layers + 1) x hidden: ~18 MB for 128 prompts on SmolLM2).
 * The 2-D map fits ONE projection on every (model, set, example) point, so models share axes.
   PCA (scikit-learn, full SVD with its sign convention) is deterministic; t-SNE is seeded, its
   perplexity capped at (n - 1) / 3 so small sets work (scikit-learn needs perplexity < n).
@@ -127,24 +127,36 @@ def mean_states(model, tokenizer, examples: Sequence[Example], batch_size: int =
 
 
 # ----------------------------------------------------------------------------- drift
-def embedding_drift(model_a, model_b, tokenizer, examples: Sequence[Example], batch_size: int = 32) -> EmbeddingDrift:
-    """Per-layer drift of B's prompt representations from A's (A is the reference)."""
-    check_same_architecture([model_a, model_b], "embedding drift")
-    rows, pad = _rows(tokenizer, examples, "embedding drift"), pad_id(tokenizer)
-    sums = None  # [3, layers + 1]: distance, cosine, norm of A
-    with eval_mode(model_a), eval_mode(model_b):
-        for chunk in _chunks(rows, batch_size):
-            ha, hb = last_token_states(model_a, chunk, pad), last_token_states(model_b, chunk, pad)
-            part = torch.stack([(ha - hb).norm(dim=-1), F.cosine_similarity(ha, hb, dim=-1), ha.norm(dim=-1)]).sum(-1)
-            sums = part if sums is None else sums + part
-    distance, cosine, norm = sums / len(rows)
+def prompt_states(model, tokenizer, examples: Sequence[Example], batch_size: int = 32, what: str = "prompt states") -> torch.Tensor:
+    """``[layers + 1, n, hidden]`` float64 on the CPU: every example's last-prompt-token state at
+    every layer (kept, so an evaluation can compare one model with each of its attacked copies)."""
+    rows, pad = _rows(tokenizer, examples, what), pad_id(tokenizer)
+    with eval_mode(model):
+        return torch.cat([last_token_states(model, chunk, pad) for chunk in _chunks(rows, batch_size)], dim=1)
+
+
+def drift_between(states_a: torch.Tensor, states_b: torch.Tensor) -> EmbeddingDrift:
+    """Per-layer drift of B's states from A's (A is the reference), from :func:`prompt_states`."""
+    if states_a.shape != states_b.shape:
+        raise ImmuneLMError(f"embedding drift: states of shape {tuple(states_a.shape)} vs {tuple(states_b.shape)}; "
+                            "expected the same prompts through models of one architecture")
+    distance = (states_a - states_b).norm(dim=-1).mean(-1)
+    cosine = F.cosine_similarity(states_a, states_b, dim=-1).mean(-1)
+    norm = states_a.norm(dim=-1).mean(-1)
     return EmbeddingDrift(
-        examples=len(rows),
+        examples=states_a.shape[1],
         distance=finite_list(distance, "embedding drift distance"),
         cosine=finite_list(cosine, "embedding drift cosine"),
         relative_distance=finite_list(distance / norm, "embedding drift relative distance"),
         reference_norm=finite_list(norm, "embedding drift reference norm"),
     )
+
+
+def embedding_drift(model_a, model_b, tokenizer, examples: Sequence[Example], batch_size: int = 32) -> EmbeddingDrift:
+    """Per-layer drift of B's prompt representations from A's (A is the reference)."""
+    check_same_architecture([model_a, model_b], "embedding drift")
+    return drift_between(prompt_states(model_a, tokenizer, examples, batch_size, "embedding drift"),
+                         prompt_states(model_b, tokenizer, examples, batch_size, "embedding drift"))
 
 
 # ----------------------------------------------------------------------------- probe
@@ -211,12 +223,16 @@ def representation_map(models: Mapping[str, torch.nn.Module], tokenizer, harmful
     if not models:
         raise ImmuneLMError("representation map: no models")
     layer = _resolve(layer, check_same_architecture(list(models.values()), "representation map") + 1)
-    labels, blocks = [], []
-    for name, model in models.items():
-        for set_name, examples in (("harmful", harmful), ("benign", benign)):
-            blocks.append(_states_at(model, tokenizer, examples, layer, batch_size, f"representation map ({set_name})"))
-            labels += [(name, set_name, i) for i in range(len(examples))]
-    states = torch.cat(blocks)
+    blocks = [(name, set_name, _states_at(model, tokenizer, examples, layer, batch_size, f"representation map ({set_name})"))
+              for name, model in models.items() for set_name, examples in (("harmful", harmful), ("benign", benign))]
+    return project(blocks, layer, method, seed, perplexity)
+
+
+def project(blocks: Sequence[tuple[str, str, torch.Tensor]], layer: int, method: Literal["pca", "tsne"] = "pca",
+            seed: int = 0, perplexity: float = 30.0) -> RepresentationMap:
+    """One 2-D projection of labelled ``(model, set, states [n, hidden])`` blocks taken at ``layer``."""
+    labels = [(m, s, i) for m, s, states in blocks for i in range(len(states))]
+    states = torch.cat([b[2] for b in blocks])
     if len(states) < 4:
         raise ImmuneLMError(f"representation map: {len(states)} points; a 2-D projection needs at least 4")
     xy, variance = _project(states.numpy(), method, seed, perplexity)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 from rich.console import Console
 
 from immunelm.attacks.base import Adversary, AttackRun, PromptWrap
@@ -22,6 +22,7 @@ from immunelm.attacks.suites import SuiteConfig, load_suite
 from immunelm.config import Config, load_config
 from immunelm.data import PaddingCollator, encode_example
 from immunelm.engine import TrainConfig, train
+from immunelm.eval import diagnostics
 from immunelm.eval.generation import GenerationConfig
 from immunelm.eval.judges import build_judge
 from immunelm.eval.pillars import generalisation, steps_to_target, summarise_resistance
@@ -66,6 +67,15 @@ class EvaluationConfig(Config):
     save_attacked: list[str] = Field(
         default_factory=list, description="Adversaries whose attacked model is saved to RUN_DIR/attacked/<model>/<adversary> "
                                           "(safetensors; LoRA attacks as adapters); '*' = every attack that leaves a model.")
+    diagnostics: list[str] = Field(
+        default_factory=lambda: list(diagnostics.DEFAULT),
+        description=f"Mechanistic diagnostics per model: {', '.join(diagnostics.KNOWN)} (default: the cheap "
+                    f"{', '.join(diagnostics.DEFAULT)}; [] = none). See immunelm.eval.diagnostics.")
+
+    @field_validator("diagnostics")
+    @classmethod
+    def _known_diagnostics(cls, names: list[str]) -> list[str]:
+        return diagnostics.check_names(names)
 
 
 def _wrapped(examples: list, wrap: PromptWrap | None) -> list:
@@ -107,6 +117,21 @@ class Evaluator:
         self.judge = build_judge(settings.judge, **settings.judge_options)
         self.records: list[dict] = []
         self.out_dir: Path | None = None  # set by run(); attacked models are saved under it
+        self.entries: list[ModelEntry] = []  # set by run(): every model, to find each one's anchor
+        self._anchors: dict[str, tuple] = {}  # name -> (model, tokenizer), loaded once
+
+    def anchor_of(self, entry: ModelEntry) -> Optional[tuple[str, Any, Any]]:
+        """(name, model, tokenizer) of the checkpoint ``entry`` is compared with: the reference for
+        a defended model; the base model (when exactly one is given) for the reference."""
+        roles = {"defended": "reference", "reference": "base"}
+        candidates = [e for e in self.entries if e.role == roles.get(entry.role) and e.name != entry.name]
+        if len(candidates) != 1 or not set(self.cfg.diagnostics) & {"kl", "spectra"}:
+            return None
+        anchor = candidates[0]
+        if anchor.name not in self._anchors:
+            model, tokenizer = anchor.load()
+            self._anchors[anchor.name] = (model.eval(), tokenizer)
+        return (anchor.name, *self._anchors[anchor.name])
 
     def subject(self, entry: ModelEntry) -> Subject:
         model, tokenizer = entry.load()
@@ -127,7 +152,8 @@ class Evaluator:
         point.benign_accuracy = sub.scorer.accuracy(model, self.task.utility, {**ctx, "set": "benign"})[0]
         return point
 
-    def attack(self, sub: Subject, adversary: Adversary, start: CurvePoint) -> AdversaryResult:
+    def attack(self, sub: Subject, adversary: Adversary, start: CurvePoint,
+               probe: "diagnostics.ModelProbe | None" = None) -> AdversaryResult:
         """Run ``adversary`` on a copy of the model; ``start`` is the unattacked model's point
         (budget point 0 is the same model for every adversary: scored once per model)."""
         context = {"model": sub.name, "adversary": adversary.name}
@@ -144,7 +170,7 @@ class Evaluator:
         curve = [CurvePoint.model_validate(p) for p in result.evaluations]
         return AdversaryResult(name=adversary.name, kind=adversary.kind, family=spec.family, budget_unit=spec.budget_unit,
                                settings=adversary.config.model_dump(mode="json"), curve=curve, seconds=result.seconds,
-                               info=result.info)
+                               info=result.info, drift=probe.after_attack(adversary.name, result.model) if probe else None)
 
     def _keep_attacked(self, sub: Subject, adversary: Adversary, result) -> None:
         """Save the attacked model when asked (e.g. a weight-orthogonalised model to publish
@@ -200,8 +226,11 @@ class Evaluator:
         start = self.curve_point(sub, sub.model, 0, {"model": entry.name, "adversary": None})
         report.stability = self.stability(sub, start)
         report.prefilling = self.prefilling(sub)
-        report.resistance = [self.attack(sub, adv, start) for adv in self.suite.expanded()]
+        probe = diagnostics.ModelProbe(self.cfg.diagnostics, sub.model, sub.tokenizer, self.task.harmful, self.task.benign,
+                                       self.anchor_of(entry)) if self.cfg.diagnostics else None
+        report.resistance = [self.attack(sub, adv, start, probe) for adv in self.suite.expanded()]
         report.resistance_summary = summarise_resistance(report.resistance, self.suite.threshold, self.suite.epsilon)
+        report.diagnostics = probe.summary(report) if probe else None
         report.generalisation = generalisation(report.resistance, report.resistance_summary.worst_adversary)
         report.trainability = self.trainability(sub)
         report.wall_seconds = time.perf_counter() - started
@@ -209,7 +238,7 @@ class Evaluator:
 
     def run(self, entries: list[ModelEntry], out_dir: Path, extra_config: dict | None = None) -> EvaluationReport:
         started = time.perf_counter()
-        self.out_dir = out_dir
+        self.out_dir, self.entries = out_dir, entries
         models = []
         for entry in entries:
             console.print(f"[bold]evaluating {entry.name}[/bold] ({len(self.suite.expanded())} adversaries, "

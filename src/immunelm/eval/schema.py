@@ -12,12 +12,13 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.5"  # 1.1: optional ModelReport.prefilling; 1.2: task, named generalisation splits;
+SCHEMA_VERSION = "1.6"  # 1.1: optional ModelReport.prefilling; 1.2: task, named generalisation splits;
 # 1.3: ResistanceSummary says which attacks stayed within the utility bound and the worst attack's utility/collapse;
 # 1.4: AdversaryResult.family / budget_unit / info (attacks as plug-ins);
 # 1.5: ResistanceSummary.outcome_by_adversary / held_only_by_collapse (collapse is an outcome of its own)
+# 1.6: ModelReport.diagnostics, AdversaryResult.drift (mechanistic diagnostics in every evaluation)
 #: Every version this code reads: each later one only added optional fields.
-READABLE_SCHEMA_VERSIONS = ("1.0", "1.1", "1.2", "1.3", "1.4", SCHEMA_VERSION)
+READABLE_SCHEMA_VERSIONS = ("1.0", "1.1", "1.2", "1.3", "1.4", "1.5", SCHEMA_VERSION)
 
 
 class Record(BaseModel):
@@ -49,6 +50,14 @@ class CurvePoint(Record):
         default_factory=dict, description="Refused / complied / collapsed on each generalisation split.")
 
 
+class DriftSummary(Record):
+    """Harmful-prompt representations (last prompt token) before vs after an attack, per layer
+    (0 = embeddings): mean distance relative to the unattacked norm, and mean cosine."""
+
+    relative_distance: list[float]
+    cosine: list[float]
+
+
 class AdversaryResult(Record):
     name: str
     kind: str = Field(description="The registered attack: harmful_sft | harmful_mix | benign_sft | ...")
@@ -58,6 +67,7 @@ class AdversaryResult(Record):
     curve: list[CurvePoint]
     seconds: float = 0.0
     info: dict[str, Any] = Field(default_factory=dict, description="What the attack measured (e.g. fraction of weights removed).")
+    drift: Optional[DriftSummary] = Field(None, description="Harmful embedding drift at the attack's end (attacks that leave a model).")
 
 
 class ResistanceSummary(Record):
@@ -134,6 +144,44 @@ class PrefillPoint(Record):
     outcomes: Outcomes
 
 
+class KLSummary(Record):
+    """Per-token KL(model || anchor) by response position (Qi et al. 2024), with the benign control."""
+
+    first_k: int
+    harmful: list[float]
+    harmful_first_mean: float
+    harmful_later_mean: Optional[float] = None
+    benign: Optional[list[float]] = None
+    benign_first_mean: Optional[float] = None
+    benign_later_mean: Optional[float] = None
+
+
+class DeltaSummary(Record):
+    """The weight delta model - anchor over its matrices (immunelm.diagnostics.spectra)."""
+
+    median_effective_rank: float
+    median_rank90_fraction: float = Field(description="Rank for 90% of the energy / full rank, median over matrices.")
+    relative_norm: float = Field(description="||delta||_F / ||W_anchor||_F over all matrices.")
+
+
+class ModelDiagnostics(Record):
+    """The mechanistic diagnostics an evaluation computes per model (``evaluation.diagnostics``)."""
+
+    anchor: Optional[str] = Field(None, description="The model KL and the delta are read against: the reference for "
+                                                    "defended models, the base model (if given) for the reference.")
+    kl: Optional[KLSummary] = None
+    delta: Optional[DeltaSummary] = None
+    worst_attack: Optional[str] = Field(None, description="The most harmful adversary that left a model: its drift is shown.")
+    worst_attack_drift: Optional[DriftSummary] = None
+    gradient_cosine: Optional[float] = Field(None, description="cos(grad L_harmful, grad L_benign) (SEAM's quantity).")
+    response_entropy: Optional[float] = Field(None, description="Mean next-token entropy on harmful answers (TokenBuncher's).")
+    landscape: Optional[dict[str, Any]] = Field(None, description="immunelm.diagnostics.landscape.Landscape1D (harmful loss).")
+    representation_map: Optional[dict[str, Any]] = Field(
+        None, description="immunelm.diagnostics.drift.RepresentationMap of harmful/benign prompts before and after the worst attack.")
+    skipped: dict[str, str] = Field(default_factory=dict, description="Diagnostic -> why it was not computed.")
+    seconds: dict[str, float] = Field(default_factory=dict, description="What each diagnostic cost.")
+
+
 class ModelReport(Record):
     name: str
     role: Literal["reference", "defended", "base"]
@@ -146,6 +194,7 @@ class ModelReport(Record):
     trainability: Optional[Trainability] = None
     prefilling: list[PrefillPoint] = Field(default_factory=list)
     wall_seconds: Optional[float] = Field(None, description="Time this model's evaluation took (all pillars).")
+    diagnostics: Optional[ModelDiagnostics] = None
 
 
 class EvaluationReport(Record):

@@ -206,6 +206,24 @@ def generalisation_table(report: EvaluationReport) -> dict | None:
     return {"rows": rows}
 
 
+def diagnostics_rows(report: EvaluationReport) -> list[dict[str, str]]:
+    """One row per model with diagnostics (schema 1.6+); older results have none."""
+    rows = []
+    for m in report.models:
+        d = m.diagnostics
+        if d is None:
+            continue
+        kl, delta, drift = d.kl, d.delta, d.worst_attack_drift
+        rows.append({"name": m.name, "anchor": d.anchor or NA,
+                     "kl_h1": fmt(kl and kl.harmful_first_mean), "kl_h2": fmt(kl and kl.harmful_later_mean),
+                     "kl_b1": fmt(kl and kl.benign_first_mean), "kl_b2": fmt(kl and kl.benign_later_mean),
+                     "rank": fmt(delta and delta.median_effective_rank, 1), "rank90": fmt(delta and delta.median_rank90_fraction),
+                     "norm": fmt(delta and delta.relative_norm, 4), "worst": d.worst_attack or NA,
+                     "drift": fmt(drift and drift.relative_distance[-1]), "grad": fmt(d.gradient_cosine),
+                     "entropy": fmt(d.response_entropy), "skipped": "; ".join(f"{k}: {v}" for k, v in d.skipped.items()) or ""})
+    return rows
+
+
 def render_html(report: EvaluationReport, images: dict[str, bytes]) -> str:
     """The page as a string; ``images`` maps figure names (see ``plots.FIGURES``) to PNG bytes."""
     figures = [{"name": name, "caption": CAPTIONS.get(name, name), "data": base64.b64encode(data).decode("ascii")}
@@ -217,7 +235,7 @@ def render_html(report: EvaluationReport, images: dict[str, bytes]) -> str:
         summary=[summary_row(m) for m in report.models], broken=broken_under_attack(report),
         collapse=held_by_collapse(report), figures=figures,
         per_adversary=per_adversary, details=_details(report), prefilling=prefilling_table(report),
-        generalisation=generalisation_table(report),
+        generalisation=generalisation_table(report), diagnostics=diagnostics_rows(report),
     )
 
 

@@ -150,6 +150,17 @@ neither refusals nor degenerate, e.g. irrelevant ones).</p>
 {% else %}<p class="note">No resistance results for this model.</p>
 {% endif %}{% endfor %}
 
+{% if diagnostics %}<h2>Mechanistic diagnostics</h2>
+<p class="note">Per-token KL(model || anchor) on harmful answers (first k tokens vs later) and on benign answers (the
+control); the weight delta model - anchor; the harmful embedding drift (last prompt token, relative to its norm, at the last
+layer) at the end of the most harmful attack that left a model. <code>immunelm diagnose</code> computes these and more for any models.</p>
+<div class="scroll"><table>
+<tr><th class="name">model</th><th>anchor</th><th>KL harm first-k</th><th>KL harm later</th><th>KL benign first-k</th><th>KL benign later</th>
+<th>delta eff. rank</th><th>rank90 / full</th><th>|delta| / |W|</th><th>worst attack</th><th>its drift</th><th>cos(g_harm, g_ben)</th><th>harm. entropy</th><th class="name">not computed</th></tr>
+{% for d in diagnostics %}<tr><td class="name">{{ d.name }}</td><td>{{ d.anchor }}</td><td>{{ d.kl_h1 }}</td><td>{{ d.kl_h2 }}</td><td>{{ d.kl_b1 }}</td><td>{{ d.kl_b2 }}</td>
+<td>{{ d.rank }}</td><td>{{ d.rank90 }}</td><td>{{ d.norm }}</td><td>{{ d.worst }}</td><td>{{ d.drift }}</td><td>{{ d.grad }}</td><td>{{ d.entropy }}</td><td class="txt">{{ d.skipped }}</td></tr>{% endfor %}
+</table></div>{% endif %}
+
 {% if details %}<h2>Configuration</h2>
 <details><summary>config, provenance and data hashes</summary>
 <pre>{{ details }}</pre>
