@@ -27,10 +27,11 @@ from typing import Iterator, Literal, Optional
 
 from pydantic import Field, field_validator
 
-from immunelm.config import Config
+from immunelm.config import Config, Seed
 from immunelm.diagnostics.schema import DiagnosticsReport, ModelDiagnostics, PairDiagnostics
 from immunelm.errors import ImmuneLMError
 from immunelm.io import write_json_atomic
+from immunelm.models.adapters import merged_full
 from immunelm.provenance import provenance
 from immunelm.smol.config import SmolOrganismConfig
 from immunelm.sources import check_model_source, load_model_source, load_tokenizer_source
@@ -52,7 +53,7 @@ class DiagnoseSettings(Config):
     diagnostics: list[str] = Field(default_factory=lambda: list(CHEAP),
                                    description=f"Which to compute: {', '.join(CHEAP + EXPENSIVE)} (the last two are expensive).")
     examples: int = Field(128, ge=2, description="Harmful and benign examples per measurement (a seeded sample of the task's).")
-    seed: int = Field(0, description="Seed of the example sample, random directions and t-SNE.")
+    seed: Seed = Field(0, description="Seed of the example sample, random directions and t-SNE.")
     first_k: int = Field(5, ge=1, description="Per-token KL: positions counted as 'first tokens' (Qi et al. 2024).")
     overlap_fraction: float = Field(0.025, gt=0, le=1, description="Subspace overlap: top-k = fraction x min(shape) (Wei et al. 2024: ~2.5%).")
     conditioning_draws: int = Field(5, ge=1, description="Draws of examples averaged for kappa / RIR (paper: 20).")
@@ -182,7 +183,8 @@ def run_diagnose(cfg: DiagnoseConfig, run_dir: Path, task: EvalTask | None = Non
     s, wanted, timer = cfg.diagnose, set(cfg.diagnose.diagnostics), Timer()
     loaded = {m.name: load_model_source(m.source, cfg.cache_dir, cfg.trust_remote_code, cfg.organism, cfg.smol,
                                         m.chat_template or cfg.chat_template) for m in cfg.models}
-    models = {name: model.eval() for name, (model, _) in loaded.items()}
+    # LoRA adapters are merged: every delta is read on full weights (decision, issue 13)
+    models = {name: merged_full(model).eval() for name, (model, _) in loaded.items()}
     harmful, benign = sample(harmful_pairs(task), s.examples, s.seed), sample(task.benign, s.examples, s.seed + 1)
     ctx = compute.Context(models, {n: t for n, (_, t) in loaded.items()}, harmful, benign, s, timer, task)
     pairs = [compute.pair(ctx, child, parent, kind, wanted) for child, parent, kind in pairs_of(list(models))]

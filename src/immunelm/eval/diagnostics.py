@@ -7,7 +7,8 @@ sampled harmful prompts), the worst attack's shown in the summary. Expensive one
 ``gradients`` / ``entropy`` (one backward / forward pass each; cheap, but not about attacks),
 ``landscape`` (a 1-D random slice of the harmful loss, 21 forward passes) and ``map`` (PCA of
 harmful and benign prompt states before and after the worst attack). What each cost is
-recorded in ``seconds``; ``benchmarks/diagnostics_cost.py`` states it per model size.
+recorded in ``seconds`` (``benchmarks/insights.py`` records the same per model size; docs/diagnostics.md
+states it).
 """
 
 from __future__ import annotations

@@ -62,3 +62,9 @@ def attach_adapter(base_model: Any, path: str | Path) -> Any:
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return model
+
+
+def merged_full(model: Any) -> Any:
+    """A LoRA model as full weights (adapters merged into the base); any other model as it is.
+    Diagnostics compare checkpoints parameter by parameter, so an adapter must be merged first."""
+    return model.merge_and_unload() if is_peft_model(model) else model
