@@ -30,6 +30,7 @@ from pydantic import Field, field_validator
 from immunelm.config import Config, Seed
 from immunelm.diagnostics.schema import DiagnosticsReport, ModelDiagnostics, PairDiagnostics
 from immunelm.errors import ImmuneLMError
+from immunelm.eval.diagnostics import harmful_pairs
 from immunelm.io import write_json_atomic
 from immunelm.models.adapters import merged_full
 from immunelm.provenance import provenance
@@ -154,11 +155,6 @@ def validate_diagnose(cfg: DiagnoseConfig) -> EvalTask:
 
 def sample(examples: list, n: int, seed: int) -> list:
     return examples if len(examples) <= n else random.Random(seed).sample(examples, n)
-
-
-def harmful_pairs(task: EvalTask) -> list:
-    """(harmful prompt, harmful answer) pairs: the eval set where it has reference answers, else the attacker's."""
-    return task.harmful if all(e.response for e in task.harmful) else task.attack.harmful
 
 
 class Timer:

@@ -42,6 +42,12 @@ def sample(examples: list, n: int, seed: int) -> list:
     return examples if len(examples) <= n else random.Random(seed).sample(examples, n)
 
 
+def harmful_pairs(task) -> list:
+    """(harmful prompt, harmful answer) pairs: the eval set where every prompt has a reference
+    answer, else the attacker's pool (a KL or a loss along answers needs answers)."""
+    return task.harmful if all(e.response for e in task.harmful) else task.attack.harmful
+
+
 def same_tokenizer(a, b) -> bool:
     return a.get_vocab() == b.get_vocab()
 
@@ -58,7 +64,7 @@ class ModelProbe:
     def __init__(self, wanted: list[str], model, tokenizer, harmful: list, benign: list,
                  anchor: Optional[tuple[str, Any, Any]] = None) -> None:
         self.wanted, self.model, self.tokenizer = set(wanted), model, tokenizer
-        self.harmful = sample([e for e in harmful if e.response] or harmful, EXAMPLES, 0)
+        self.harmful = sample(harmful, EXAMPLES, 0)
         self.benign = sample(benign, EXAMPLES, 1)
         self.anchor = anchor  # (name, model, tokenizer) or None
         self.result = ModelDiagnostics(anchor=anchor[0] if anchor else None)

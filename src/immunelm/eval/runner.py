@@ -226,8 +226,8 @@ class Evaluator:
         start = self.curve_point(sub, sub.model, 0, {"model": entry.name, "adversary": None})
         report.stability = self.stability(sub, start)
         report.prefilling = self.prefilling(sub)
-        probe = diagnostics.ModelProbe(self.cfg.diagnostics, sub.model, sub.tokenizer, self.task.harmful, self.task.benign,
-                                       self.anchor_of(entry)) if self.cfg.diagnostics else None
+        probe = diagnostics.ModelProbe(self.cfg.diagnostics, sub.model, sub.tokenizer, diagnostics.harmful_pairs(self.task),
+                                       self.task.benign, self.anchor_of(entry)) if self.cfg.diagnostics else None
         report.resistance = [self.attack(sub, adv, start, probe) for adv in self.suite.expanded()]
         report.resistance_summary = summarise_resistance(report.resistance, self.suite.threshold, self.suite.epsilon)
         report.diagnostics = probe.summary(report) if probe else None
