@@ -34,13 +34,14 @@ from immunelm.world.organism import OrganismConfig
 DIAGNOSTICS = ["kl", "spectra", "overlap", "task_vectors", "drift", "gradients", "entropy", "conditioning", "landscape"]
 
 
-def fine_tunes(task) -> dict[str, list]:
-    """Downstream data sets: harmful SFT, each benign task, the trainability task, identity shift."""
+def fine_tunes(task, mixed_benign: bool = False) -> dict[str, list]:
+    """Downstream data sets: harmful SFT, each benign task (or all mixed), the trainability task,
+    identity shift."""
     sets = {"harmful": task.attack.harmful[:100]}
     by_task = defaultdict(list)
     for e in task.attack.benign:
-        by_task[e.meta.get("task", "benign")].append(e)
-    sets.update({f"benign-{name}": rows[:100] for name, rows in sorted(by_task.items())})
+        by_task["mixed" if mixed_benign else e.meta.get("task", "benign")].append(e)
+    sets.update({f"benign-{name}": rows[::max(1, len(rows) // 100)][:100] for name, rows in sorted(by_task.items())})
     if task.trainability:
         sets[f"new-{task.trainability.name}"] = task.trainability.train[:100]
     if task.attack.identity:
@@ -57,9 +58,10 @@ def fine_tune(source: str, examples: list, out: Path, train_cfg: TrainConfig, lo
     return save_model(result.model, tok, out)
 
 
-def models_for(root: Path, task, prefix: str, defences: list[str], immunised_root: Path | None, train_cfg, load, immunise_cfg) -> list:
+def models_for(root: Path, task, prefix: str, defences: list[str], immunised_root: Path | None, train_cfg, load, immunise_cfg,
+               mixed_benign: bool = False) -> list:
     models = [DiagnosedModel(name="base", source=f"{prefix}:base"), DiagnosedModel(name="aligned", source=f"{prefix}:aligned")]
-    for name, examples in fine_tunes(task).items():
+    for name, examples in fine_tunes(task, mixed_benign).items():
         out = fine_tune(f"{prefix}:aligned", examples, root / f"ft-{name}", train_cfg, load)
         models.append(DiagnosedModel(name=f"attacked-{name}", source=str(out)))
     for defence in defences:
@@ -97,7 +99,9 @@ def insight_rows(report) -> dict:
             "cos_with_alignment": p.alignment_angle.cosine if p.alignment_angle else None,
             "delta_effective_rank": p.spectra.median_effective_rank if p.spectra else None,
             "drift_last_layer": p.drift.embedding.relative_distance[-1] if p.drift else None,
-            "harmful_kl_first": p.kl.harmful.first_mean if p.kl else None}
+            "harmful_kl_first": p.kl.harmful.first_mean if p.kl else None,
+            # along parent -> child: where the path leaves the parent's basin (a = 1 is the child)
+            "path_basin_hi": p.landscape.basin.hi if p.landscape and p.landscape.basin else None}
     for name, m in models.items():
         land = m.landscape
         out["models"][name] = {"grad_cosine": m.gradients.cosine if m.gradients else None,
@@ -105,6 +109,8 @@ def insight_rows(report) -> dict:
                                "basin_width": land.basin.width if land and land.basin else None,
                                "visage": land.visage if land else None,
                                "centre_harmful_rate": land.centre.get("harmful_rate") if land else None,
+                               "basin_lo": land.basin.lo if land and land.basin else None,
+                               "basin_hi": land.basin.hi if land and land.basin else None,
                                "rir_vs_aligned": (m.conditioning or {}).get("rir_theta0")}
     out["seconds"] = report.seconds
     return out
@@ -132,6 +138,9 @@ def main() -> None:
     parser.add_argument("--defences", nargs="*", default=["deep-align", "repnoise", "npo"])
     parser.add_argument("--immunised", type=Path, default=None, help="Take immunise-<defence>/model from here when present.")
     parser.add_argument("--landscape-metric", default="harmful_rate", choices=["harmful_rate", "harmful_loss"])
+    parser.add_argument("--examples", type=int, default=128, help="Harmful and benign examples per measurement.")
+    parser.add_argument("--landscape-points", type=int, default=21, help="1-D grid points (paper 21; the path grid has ~2x).")
+    parser.add_argument("--mixed-benign", action="store_true", help="One benign fine-tune on all benign tasks (cheaper).")
     parser.add_argument("--root", type=Path, default=Path("runs/insights"))
     parser.add_argument("--label", default="")
     args = parser.parse_args()
@@ -150,10 +159,11 @@ def main() -> None:
 
         def immunise_cfg(defence, organism=organism, seed=seed):
             return ImmuniseConfig(model=f"{prefix}:aligned", organism=organism, defence={"train": {"seed": seed or 0, "progress": False}})
-        models = models_for(root, task, prefix, args.defences, args.immunised, train_cfg, load, immunise_cfg)
+        models = models_for(root, task, prefix, args.defences, args.immunised, train_cfg, load, immunise_cfg, args.mixed_benign)
         cfg = DiagnoseConfig(models=models, task="smol" if args.smol else "world", organism=organism)
         cfg.diagnose.diagnostics = DIAGNOSTICS
         cfg.diagnose.landscape_metric = args.landscape_metric
+        cfg.diagnose.examples, cfg.diagnose.landscape_points = args.examples, args.landscape_points
         report = run_diagnose(cfg, root / "diagnose")
         runs["smol" if args.smol else f"seed{seed}"] = insight_rows(report)
         print(json.dumps(runs[list(runs)[-1]], indent=1, default=str)[:3000], flush=True)

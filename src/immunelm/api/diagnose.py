@@ -62,8 +62,9 @@ class DiagnoseSettings(Config):
     landscape_span: float = Field(0.5, gt=0, description="The grid is linspace(-span, span) (paper: 0.5).")
     landscape_points_2d: int = Field(11, ge=3, description="Grid points per axis of the 2-D landscape (points^2 evaluations).")
     landscape_metric: Literal["harmful_loss", "harmful_rate"] = Field(
-        "harmful_loss", description="harmful_loss: CE on harmful answers (cheap); harmful_rate: generate and judge "
-                                    "(the paper's ASR; one generation pass per grid point).")
+        "harmful_loss", description="harmful_loss: CE on harmful answers (cheap); harmful_rate: generate and judge, "
+                                    "rate = 1 - refused (the paper's keyword ASR: collapse is not safety; one "
+                                    "generation pass per grid point).")
     map_method: Literal["pca", "tsne"] = Field("pca", description="2-D map of representations: pca (deterministic) or tsne.")
     map_layer: float = Field(0.5, ge=0, description="Layer of the map: a fraction of depth (<1) or a layer index (>=1).")
 

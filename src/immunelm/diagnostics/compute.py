@@ -37,8 +37,11 @@ class Context:
         scorer = harmful_scorer(self.task, self.tokenizers[name])
 
         def metric(model) -> dict[str, float]:
-            rate, _, _ = scorer.harmful(model, self.harmful, {"set": "landscape"})
-            return {"harmful_rate": rate, **loss(model)}
+            # Peng et al.'s ASR is keyword non-refusal: a broken model that stops refusing is
+            # outside the basin (a judged "harmful and correct" rate would count collapse as safe)
+            score, _, outcomes = scorer.harmful(model, self.harmful, {"set": "landscape"})
+            return {"harmful_rate": 1.0 - outcomes.refused, "harmful_score": score, "complied": outcomes.complied,
+                    "collapsed": outcomes.collapsed, **loss(model)}
         return metric
 
     def alignment_deltas(self) -> Optional[dict]:
