@@ -38,7 +38,7 @@ def test_diagnose_writes_results_and_report(tmp_path, tiny):
     result = CliRunner().invoke(app, ["diagnose", "--run-dir", str(run_dir), "-m", "base=organism:base", "-m", "aligned=organism:aligned",
                                       "-m", f"attacked={attacked}", *overrides,
                                       "diagnose.diagnostics=[kl,spectra,overlap,task_vectors,drift,gradients,entropy,conditioning,landscape,map]",
-                                      "diagnose.landscape_points=5"])
+                                      "diagnose.landscape_points=5", "diagnose.landscape_metric=harmful_rate"])
     assert result.exit_code == 0, result.output
     report = json.loads((run_dir / "results.json").read_text())
     assert report["schema_version"] == "diagnostics-1.0"
@@ -59,7 +59,9 @@ def test_diagnose_writes_results_and_report(tmp_path, tiny):
     assert 0.0 in path["alphas"] and 1.0 in path["alphas"]
     models = {m["name"]: m for m in report["models"]}
     assert models["aligned"]["conditioning"]["rir_theta0"] in (None, pytest.approx(1.0))  # RIR of the reference vs itself
-    assert models["attacked"]["landscape"]["centre"]["harmful_loss"] > 0
+    centre = models["attacked"]["landscape"]["centre"]
+    assert centre["harmful_loss"] > 0 and set(centre) == {"harmful_rate", "harmful_score", "complied", "collapsed", "harmful_loss"}
+    assert all(0 <= r <= 1 for r in models["aligned"]["landscape"]["values"]["harmful_rate"])
     points = report["representation_map"]["points"]
     per_model = {name: [(p["set"], p["example"]) for p in points if p["model"] == name] for name in ("base", "aligned", "attacked")}
     assert per_model["base"] == per_model["aligned"] == per_model["attacked"] and len(points) == 3 * len(per_model["base"])
