@@ -65,8 +65,10 @@ def models_for(root: Path, task, prefix: str, defences: list[str], immunised_roo
         out = fine_tune(f"{prefix}:aligned", examples, root / f"ft-{name}", train_cfg, load)
         models.append(DiagnosedModel(name=f"attacked-{name}", source=str(out)))
     for defence in defences:
-        found = immunised_root / f"immunise-{defence}" / "model" if immunised_root else None
-        model_dir = found if found and found.exists() else run_immunise(defence, immunise_cfg(defence), root / f"immunise-{defence}")
+        # a model immunised earlier for this run (or given with --immunised) is reused
+        found = [d / f"immunise-{defence}" / "model" for d in (immunised_root, root) if d is not None]
+        found = next((f for f in found if f.exists()), None)
+        model_dir = found or run_immunise(defence, immunise_cfg(defence), root / f"immunise-{defence}")
         attacked = fine_tune(str(model_dir), fine_tunes(task)["harmful"], root / f"ft-{defence}-harmful", train_cfg, load)
         models += [DiagnosedModel(name=f"immunised-{defence}", source=str(model_dir)),
                    DiagnosedModel(name=f"attacked-{defence}", source=str(attacked))]
