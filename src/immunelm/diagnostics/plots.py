@@ -66,7 +66,7 @@ def alignment_geometry(report: DiagnosticsReport) -> Optional[Figure]:
     left.bar(labels, [p.alignment_overlap.mean_overlap if p.alignment_overlap else 0 for p in pairs], color="C0", label="overlap")
     left.bar(labels, [p.alignment_overlap.mean_chance if p.alignment_overlap else 0 for p in pairs], color="none",
              edgecolor="black", ls="--", label="chance (k/m)")
-    left.set(ylabel="top-k subspace overlap with aligned - base")
+    left.set(ylabel="overlap with alignment subspace")
     left.legend(fontsize=7)
     right.bar(labels, [p.alignment_angle.cosine if p.alignment_angle else 0 for p in pairs], color="C1")
     right.axhline(0, color="black", lw=0.8)
