@@ -106,3 +106,22 @@ def test_every_attack_beyond_sft_runs_on_smollm2(tmp_path):
     removed = by_name["prune"]["info"]["points"][-1]["removed_fraction"]
     assert 0 < removed <= 0.03, removed  # the set difference is at most the top-q safety set
     assert by_name["ablation"]["info"]["layer"] in range(30)
+
+
+@pytest.mark.slow
+@needs_extras
+def test_diagnose_runs_on_smollm2(tmp_path):
+    """Every diagnostic on the real model: base -> aligned (the safety SFT's delta, 30 blocks, a
+    49k-token vocabulary, tied embeddings), small samples and a 3-point landscape."""
+    result = CliRunner().invoke(app, [
+        "diagnose", "--run-dir", str(tmp_path), "-m", "base=smol:base", "-m", "aligned=smol:aligned", "task=smol",
+        "diagnose.examples=8", "diagnose.conditioning_draws=1", "diagnose.landscape_points=3",
+        "diagnose.diagnostics=[kl,spectra,overlap,task_vectors,drift,gradients,entropy,conditioning,landscape,map]"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "results.json").read_text())
+    align = report["pairs"][0]
+    assert (align["child"], align["parent"]) == ("aligned", "base")
+    assert align["kl"]["harmful"]["first_mean"] > 0 and len(align["drift"]["embedding"]["distance"]) == 31
+    assert 0 < align["spectra"]["median_effective_rank"] and align["spectra"]["relative_norm"] > 0
+    assert {m["name"] for m in report["models"]} == {"base", "aligned"} and report["representation_map"]["points"]
+    assert (tmp_path / "report.html").is_file()
