@@ -99,6 +99,7 @@ def insight_rows(report) -> dict:
             "overlap": p.alignment_overlap.mean_overlap if p.alignment_overlap else None,
             "overlap_chance": p.alignment_overlap.mean_chance if p.alignment_overlap else None,
             "cos_with_alignment": p.alignment_angle.cosine if p.alignment_angle else None,
+            "cos_with_parent_change": p.parent_angle.cosine if p.parent_angle else None,
             "delta_effective_rank": p.spectra.median_effective_rank if p.spectra else None,
             "drift_last_layer": p.drift.embedding.relative_distance[-1] if p.drift else None,
             "harmful_kl_first": p.kl.harmful.first_mean if p.kl else None,

@@ -50,6 +50,7 @@ def test_diagnose_writes_results_and_report(tmp_path, tiny):
     assert [m["name"] for m in changed] == ["model.layers.0.mlp.down_proj.weight"]
     assert [m["name"] for m in attack["alignment_overlap"]["matrices"]] == ["model.layers.0.mlp.down_proj.weight"]
     assert -1 <= attack["alignment_angle"]["cosine"] <= 1
+    assert attack["parent_angle"] is None  # the attacked model's parent is the aligned one: that is alignment_angle
     # the change is in block 0's MLP: drift is zero at the embeddings and after it, not before
     distance = attack["drift"]["embedding"]["distance"]
     assert distance[0] == pytest.approx(0.0, abs=1e-9) and distance[1] > 0

@@ -120,3 +120,22 @@ def test_roles_and_parents():
     for bad in ("reference", "aligned-2", "Attacked"):
         with pytest.raises(ImmuneLMError, match="expected base, aligned"):
             role_of(bad)
+
+
+def test_parent_angle_reads_cos_tau_u_to_ft_tau_u(tmp_path):
+    """An attack that exactly undoes an immunisation has cos(tau_{u->ft}, tau_u) = -1."""
+    from types import SimpleNamespace
+
+    from immunelm.api.diagnose import DiagnoseSettings, Timer
+    from immunelm.diagnostics import compute
+
+    aligned = tiny_model("llama", seed=0)
+    name = "model.layers.0.mlp.up_proj.weight"
+    step = 0.1 * torch.randn(dict(aligned.named_parameters())[name].shape, generator=torch.Generator().manual_seed(5))
+    immunised = with_delta(aligned, name, step)
+    undone = with_delta(immunised, name, -0.5 * step)
+    ctx = compute.Context({"aligned": aligned, "immunised-x": immunised, "attacked-x": undone}, {}, [], [],
+                          DiagnoseSettings(), Timer())
+    result = compute.pair(ctx, "attacked-x", "immunised-x", "attack", {"task_vectors"}, grandparent="aligned")
+    assert result.parent_angle.cosine == pytest.approx(-1.0) and result.alignment_angle is None  # no base: no alignment
+    assert result.parent_angle.first_norm == pytest.approx(0.5 * result.parent_angle.second_norm, rel=1e-5)

@@ -184,7 +184,8 @@ def run_diagnose(cfg: DiagnoseConfig, run_dir: Path, task: EvalTask | None = Non
     models = {name: merged_full(model).eval() for name, (model, _) in loaded.items()}
     harmful, benign = sample(harmful_pairs(task), s.examples, s.seed), sample(task.benign, s.examples, s.seed + 1)
     ctx = compute.Context(models, {n: t for n, (_, t) in loaded.items()}, harmful, benign, s, timer, task)
-    pairs = [compute.pair(ctx, child, parent, kind, wanted) for child, parent, kind in pairs_of(list(models))]
+    parents = {child: parent for child, parent, _ in pairs_of(list(models))}
+    pairs = [compute.pair(ctx, child, parent, kind, wanted, parents.get(parent)) for child, parent, kind in pairs_of(list(models))]
     per_model = [ModelDiagnostics(name=m.name, source=m.source, role=role_of(m.name), **compute.single(ctx, m.name, wanted))
                  for m in cfg.models]
     report = DiagnosticsReport(

@@ -41,6 +41,8 @@ def print_summary(report: DiagnosticsReport) -> None:
             parts.append(f"overlap with alignment {p.alignment_overlap.mean_overlap:.3f} (chance {p.alignment_overlap.mean_chance:.3f})")
         if p.alignment_angle:
             parts.append(f"cos with alignment {p.alignment_angle.cosine:+.3f}")
+        if p.parent_angle:
+            parts.append(f"cos with {p.parent}'s own change {p.parent_angle.cosine:+.3f}")
         out.print("  " + "; ".join(parts), highlight=False)
     for m in report.models:
         bits = []

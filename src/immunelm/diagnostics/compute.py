@@ -54,10 +54,10 @@ class Context:
         return self._alignment
 
 
-def pair(ctx: Context, child: str, parent: str, kind: str, wanted: set[str]) -> PairDiagnostics:
-    """Every asked pair diagnostic of ``child`` against ``parent``."""
+def pair(ctx: Context, child: str, parent: str, kind: str, wanted: set[str], grandparent: Optional[str] = None) -> PairDiagnostics:
+    """Every asked pair diagnostic of ``child`` against ``parent`` (``grandparent``: the parent's own parent)."""
     out = PairDiagnostics(child=child, parent=parent, kind=kind)
-    c, p, tok, s = ctx.models[child], ctx.models[parent], ctx.tokenizers[child], ctx.settings
+    c, p, tok, s = ctx.models[child], ctx.models[parent], ctx.tokenizers.get(child), ctx.settings
     if "kl" in wanted:
         with ctx.timer("kl"):
             out.kl = kl_profile(c, p, tok, ctx.harmful, ctx.benign, first_k=s.first_k)
@@ -74,6 +74,11 @@ def pair(ctx: Context, child: str, parent: str, kind: str, wanted: set[str]) -> 
             tau = task_vector(c, p, f"{child} - {parent}")
             if norm(tau) > 0:  # an unchanged model has no direction (its spectra say so: rank 0)
                 out.alignment_angle = angle(tau, alignment["vector"], f"{child} - {parent}", "aligned - base")
+    if "task_vectors" in wanted and grandparent and kind == "attack" and grandparent != "base":
+        with ctx.timer("task_vectors"):
+            tau, tau_parent = task_vector(c, p, f"{child} - {parent}"), task_vector(p, ctx.models[grandparent], f"{parent} - {grandparent}")
+            if norm(tau) > 0 and norm(tau_parent) > 0:
+                out.parent_angle = angle(tau, tau_parent, f"{child} - {parent}", f"{parent} - {grandparent}")
     if "landscape" in wanted:
         with ctx.timer("landscape"):
             out.landscape = landscape.interpolate(p, c, path_grid(s), ctx.landscape_metric(child))

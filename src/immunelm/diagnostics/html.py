@@ -57,10 +57,10 @@ TEMPLATE = """<!DOCTYPE html>
 <h2>Pairs (a model and the checkpoint it was made from)</h2>
 <table><tr><th>child</th><th>parent</th><th>kind</th><th>KL harmful first-k</th><th>KL harmful later</th><th>KL benign first-k</th>
 <th>KL benign later</th><th>delta eff. rank (median)</th><th>rank90 / full</th><th>|delta| / |W|</th>
-<th>overlap with alignment (chance)</th><th>cos with alignment</th><th>drift at last layer</th></tr>
+<th>overlap with alignment (chance)</th><th>cos with alignment</th><th>cos with parent's change</th><th>drift at last layer</th></tr>
 {% for p in pairs %}<tr><td class="name">{{ p.child }}</td><td class="name">{{ p.parent }}</td><td>{{ p.kind }}</td>
 <td>{{ p.kl_h1 }}</td><td>{{ p.kl_h2 }}</td><td>{{ p.kl_b1 }}</td><td>{{ p.kl_b2 }}</td><td>{{ p.rank }}</td><td>{{ p.rank90 }}</td>
-<td>{{ p.norm }}</td><td>{{ p.overlap }}</td><td>{{ p.cos }}</td><td>{{ p.drift }}</td></tr>{% endfor %}
+<td>{{ p.norm }}</td><td>{{ p.overlap }}</td><td>{{ p.cos }}</td><td>{{ p.cos_parent }}</td><td>{{ p.drift }}</td></tr>{% endfor %}
 </table>
 <p class="note">Seconds per diagnostic: {{ seconds }}</p>
 {% for f in figures %}<figure><img alt="{{ f.name }}" src="data:image/png;base64,{{ f.data }}"><figcaption>{{ f.caption }}</figcaption></figure>
@@ -92,7 +92,8 @@ def pair_row(p) -> dict:
             "rank": fmt(sp and sp.median_effective_rank, 1), "rank90": fmt(sp and sp.median_rank90_fraction, 3),
             "norm": fmt(sp and sp.relative_norm, 4),
             "overlap": f"{ov.mean_overlap:.3f} ({ov.mean_chance:.3f})" if ov else "n/a",
-            "cos": fmt(p.alignment_angle and p.alignment_angle.cosine), "drift": fmt(last_drift)}
+            "cos": fmt(p.alignment_angle and p.alignment_angle.cosine),
+            "cos_parent": fmt(p.parent_angle and p.parent_angle.cosine), "drift": fmt(last_drift)}
 
 
 def render_diagnostics(report: DiagnosticsReport, out_dir: Path) -> Path:

@@ -35,6 +35,9 @@ class PairDiagnostics(DiagnosticResult):
     spectra: Optional[DeltaSpectra] = None  # of child - parent
     alignment_overlap: Optional[SubspaceOverlap] = None  # top-k subspaces of (child - parent) vs (aligned - base)
     alignment_angle: Optional[TaskVectorAngle] = None  # cos(child - parent, aligned - base)
+    # cos(child - parent, parent - grandparent): does this change undo the parent's own? For an
+    # attacked unlearned model this is ILU's cos(tau_{u->ft}, tau_u) (Wang et al. 2025)
+    parent_angle: Optional[TaskVectorAngle] = None
     drift: Optional[PairDrift] = None
     landscape: Optional[Landscape1D] = None  # along parent -> child (a = 0 parent, a = 1 child), beyond both ends
 
