@@ -52,7 +52,7 @@ def immunised(name: str, config: dict, out: Path, reuse: bool) -> Path:
 
 
 def evaluate_seed(methods: list[str], seed: int, suite: str, root: Path, reuse: bool = False,
-                  with_reference: bool = True) -> Path:
+                  with_reference: bool = True, run_name: str | None = None) -> Path:
     specs = [ModelSpec(name="aligned", source="organism:aligned", role="reference")] if with_reference else []
     for method in methods:
         out = root / f"seed{seed}" / f"immunise-{method}"
@@ -61,7 +61,8 @@ def evaluate_seed(methods: list[str], seed: int, suite: str, root: Path, reuse: 
         specs.append(ModelSpec(name=method, source=str(ckpt), role="defended", defence=method))
     cfg = EvaluateConfig(models=specs)
     cfg.evaluation.suite = suite
-    run_dir = root / f"seed{seed}" / f"evaluate-{suite}"  # one root holds both suites' runs of the same models
+    # one root holds both suites' runs of the same models; --run-name splits one seed over processes
+    run_dir = root / f"seed{seed}" / (run_name or f"evaluate-{suite}")
     run_evaluation(cfg, run_dir)
     return run_dir
 
@@ -128,10 +129,11 @@ def main() -> None:
                         help="Evaluate the aligned reference with each seed, the first only, or not at all. Its "
                              "result does not depend on the defence seed (same organism, same attacks), so "
                              "'first'/'none' save its evaluation where it was recorded already.")
+    parser.add_argument("--run-name", default=None, help="The evaluation's directory under ROOT/seedN (default evaluate-SUITE).")
     args = parser.parse_args()
     run_dirs = args.summarise or [
         evaluate_seed(args.methods, s, args.suite, args.root, args.reuse,
-                      with_reference=args.reference == "each" or (args.reference == "first" and i == 0))
+                      with_reference=args.reference == "each" or (args.reference == "first" and i == 0), run_name=args.run_name)
         for i, s in enumerate(args.seeds)]
     per_model = per_run_rows(run_dirs)
     for path in args.include:
