@@ -19,18 +19,17 @@ rather than a second flag, because the name is already what tables and plots sho
 from __future__ import annotations
 
 import datetime as _dt
-import random
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
 from immunelm.config import Config, Seed
 from immunelm.diagnostics.schema import DiagnosticsReport, ModelDiagnostics, PairDiagnostics
 from immunelm.errors import ImmuneLMError
-from immunelm.eval.diagnostics import harmful_pairs
+from immunelm.diagnostics.base import Timer
+from immunelm.eval.diagnostics import harmful_pairs, sample
 from immunelm.io import write_json_atomic
 from immunelm.models.adapters import merged_full
 from immunelm.provenance import provenance
@@ -152,23 +151,6 @@ def validate_diagnose(cfg: DiagnoseConfig) -> EvalTask:
             raise ImmuneLMError(f"models '{child}' and '{parent}': different tokenizers; a pair's KL and deltas need "
                                 "one tokenizer and one architecture (a model and the checkpoint it was trained from)")
     return task
-
-
-def sample(examples: list, n: int, seed: int) -> list:
-    return examples if len(examples) <= n else random.Random(seed).sample(examples, n)
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def run_diagnose(cfg: DiagnoseConfig, run_dir: Path, task: EvalTask | None = None) -> DiagnosticsReport:

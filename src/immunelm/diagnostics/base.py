@@ -9,7 +9,9 @@ broken model, never a number to plot: :func:`finite` stops the run with the quan
 from __future__ import annotations
 
 import math
-from typing import Iterable
+import time
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -48,3 +50,18 @@ def matching_parameters(a: torch.nn.Module, b: torch.nn.Module, what: str) -> li
             raise ImmuneLMError(f"{what}: parameter '{name}' has shape {tuple(p.shape)} vs {tuple(pb[name].shape)}; "
                                 "expected two checkpoints of one architecture")
     return list(pa)
+
+
+class Timer:
+    """Seconds per diagnostic, summed over calls: ``with timer("kl"): ...``."""
+
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds = {} if seconds is None else seconds
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started

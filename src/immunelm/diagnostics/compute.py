@@ -13,7 +13,7 @@ from typing import Any, Optional
 from immunelm.diagnostics import conditioning, drift, gradients, landscape
 from immunelm.diagnostics.kl import kl_profile
 from immunelm.diagnostics.schema import PairDiagnostics, PairDrift
-from immunelm.diagnostics.spectra import delta_spectra, subspace_overlap, two_d_deltas
+from immunelm.diagnostics.spectra import delta_spectra, subspace_overlap
 from immunelm.diagnostics.task_vectors import angle, norm, task_vector
 
 
@@ -49,9 +49,14 @@ class Context:
         if "base" not in self.models or "aligned" not in self.models:
             return None
         if not self._alignment:
-            self._alignment["matrices"] = two_d_deltas(self.models["aligned"], self.models["base"], "alignment delta")
             self._alignment["vector"] = task_vector(self.models["aligned"], self.models["base"], "alignment task vector")
+            self._alignment["matrices"] = matrices(self._alignment["vector"])
         return self._alignment
+
+
+def matrices(tau: dict) -> dict:
+    """The 2-D entries of a task vector: the per-matrix deltas the subspace overlap reads."""
+    return {n: t for n, t in tau.items() if t.ndim == 2}
 
 
 def pair(ctx: Context, child: str, parent: str, kind: str, wanted: set[str], grandparent: Optional[str] = None) -> PairDiagnostics:
@@ -65,18 +70,18 @@ def pair(ctx: Context, child: str, parent: str, kind: str, wanted: set[str], gra
         with ctx.timer("spectra"):
             out.spectra = delta_spectra(c, p, f"spectra of {child} - {parent}")
     alignment = ctx.alignment_deltas() if kind != "alignment" else None
+    tau = task_vector(c, p, f"{child} - {parent}") if wanted & {"overlap", "task_vectors"} else None
     if "overlap" in wanted and alignment:
         with ctx.timer("overlap"):
-            out.alignment_overlap = subspace_overlap(two_d_deltas(c, p, f"{child} - {parent}"), alignment["matrices"],
+            out.alignment_overlap = subspace_overlap(matrices(tau), alignment["matrices"],
                                                      s.overlap_fraction, f"overlap of {child} - {parent} with aligned - base")
     if "task_vectors" in wanted and alignment:
         with ctx.timer("task_vectors"):
-            tau = task_vector(c, p, f"{child} - {parent}")
             if norm(tau) > 0:  # an unchanged model has no direction (its spectra say so: rank 0)
                 out.alignment_angle = angle(tau, alignment["vector"], f"{child} - {parent}", "aligned - base")
     if "task_vectors" in wanted and grandparent and kind == "attack" and grandparent != "base":
         with ctx.timer("task_vectors"):
-            tau, tau_parent = task_vector(c, p, f"{child} - {parent}"), task_vector(p, ctx.models[grandparent], f"{parent} - {grandparent}")
+            tau_parent = task_vector(p, ctx.models[grandparent], f"{parent} - {grandparent}")
             if norm(tau) > 0 and norm(tau_parent) > 0:
                 out.parent_angle = angle(tau, tau_parent, f"{child} - {parent}", f"{parent} - {grandparent}")
     if "landscape" in wanted:

@@ -14,12 +14,12 @@ states it).
 from __future__ import annotations
 
 import random
-import time
 from typing import Any, Optional
 
 import torch
 
 from immunelm.diagnostics import drift, gradients, landscape
+from immunelm.diagnostics.base import Timer, matching_parameters
 from immunelm.diagnostics.kl import kl_profile
 from immunelm.diagnostics.spectra import delta_spectra
 from immunelm.errors import ImmuneLMError
@@ -53,8 +53,11 @@ def same_tokenizer(a, b) -> bool:
 
 
 def same_parameters(a, b) -> bool:
-    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
-    return pa.keys() == pb.keys() and all(pa[n].shape == pb[n].shape for n in pa)
+    try:
+        matching_parameters(a, b, "weight delta")
+    except ImmuneLMError:
+        return False
+    return True
 
 
 class ModelProbe:
@@ -74,11 +77,8 @@ class ModelProbe:
         self.before = self._timed("drift", self._states, model) if self.wanted & {"drift", "map"} else None
 
     def _timed(self, name: str, fn, *args):
-        started = time.perf_counter()
-        try:
+        with Timer(self.result.seconds)(name):
             return fn(*args)
-        finally:
-            self.result.seconds[name] = self.result.seconds.get(name, 0.0) + time.perf_counter() - started
 
     def _states(self, model) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(harmful states at every layer, benign states at the map layer if the map is wanted)."""
