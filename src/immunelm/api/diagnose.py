@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, field_validator
+from tqdm.auto import tqdm
 
 from immunelm.config import Config, Seed
 from immunelm.diagnostics.schema import DiagnosticsReport, ModelDiagnostics, PairDiagnostics
@@ -66,6 +67,7 @@ class DiagnoseSettings(Config):
                                     "generation pass per grid point).")
     map_method: Literal["pca", "tsne"] = Field("pca", description="2-D map of representations: pca (deterministic) or tsne.")
     map_layer: float = Field(0.5, ge=0, description="Layer of the map: a fraction of depth (<1) or a layer index (>=1).")
+    progress: bool = Field(True, description="Show a progress bar with ETA (one step per pair and per model).")
 
     @field_validator("diagnostics")
     @classmethod
@@ -166,10 +168,20 @@ def run_diagnose(cfg: DiagnoseConfig, run_dir: Path, task: EvalTask | None = Non
     models = {name: merged_full(model).eval() for name, (model, _) in loaded.items()}
     harmful, benign = sample(harmful_pairs(task), s.examples, s.seed), sample(task.benign, s.examples, s.seed + 1)
     ctx = compute.Context(models, {n: t for n, (_, t) in loaded.items()}, harmful, benign, s, timer, task)
-    parents = {child: parent for child, parent, _ in pairs_of(list(models))}
-    pairs = [compute.pair(ctx, child, parent, kind, wanted, parents.get(parent)) for child, parent, kind in pairs_of(list(models))]
-    per_model = [ModelDiagnostics(name=m.name, source=m.source, role=role_of(m.name), **compute.single(ctx, m.name, wanted))
-                 for m in cfg.models]
+    pair_list = pairs_of(list(models))
+    parents = {child: parent for child, parent, _ in pair_list}
+    # one step per pair and per model: on a real model a step takes minutes, so show an ETA
+    bar = tqdm(total=len(pair_list) + len(cfg.models), unit="step", desc="diagnose", disable=not s.progress)
+    pairs, per_model = [], []
+    for child, parent, kind in pair_list:
+        bar.set_postfix_str(f"{child} vs {parent}")
+        pairs.append(compute.pair(ctx, child, parent, kind, wanted, parents.get(parent)))
+        bar.update()
+    for m in cfg.models:
+        bar.set_postfix_str(m.name)
+        per_model.append(ModelDiagnostics(name=m.name, source=m.source, role=role_of(m.name), **compute.single(ctx, m.name, wanted)))
+        bar.update()
+    bar.close()
     report = DiagnosticsReport(
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), task=task.name,
         diagnostics=s.diagnostics, models=per_model, pairs=pairs,
