@@ -12,3 +12,8 @@ class ImmuneLMError(Exception):
     def __init__(self, message: str) -> None:
         # Keep it to one line: callers may pass multi-line text from other libraries.
         super().__init__(" ".join(str(message).split()))
+
+
+class NonFiniteError(ImmuneLMError):
+    """Training produced a nan/inf loss or gradient. The engine stops without applying the
+    step; an attacker search records such a trial as a diverged attack (it gained nothing)."""

@@ -17,6 +17,7 @@ from immunelm.cli import immunise as immunise_cmd
 from immunelm.cli import inspect as inspect_cmd
 from immunelm.cli import listing as listing_cmd
 from immunelm.cli import report as report_cmd
+from immunelm.cli import search as search_cmd
 from immunelm.cli import smol as smol_cmd
 from immunelm.cli import world as world_cmd
 from immunelm.api import EvaluateConfig, ImmuniseConfig, ModelSpec, run_evaluation, run_immunise, validate_evaluation, validate_immunise
@@ -44,6 +45,7 @@ app.command("immunise")(immunise_cmd.immunise)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("diagnose")(diagnose_cmd.diagnose)
 app.command("report")(report_cmd.report)
+app.command("search")(search_cmd.search)
 app.command("attacks")(listing_cmd.attacks)
 app.command("defences")(listing_cmd.defences)
 

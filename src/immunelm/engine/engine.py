@@ -30,7 +30,7 @@ from immunelm.engine.config import TrainConfig
 from immunelm.engine.optim import build_optimizer, build_scheduler
 from immunelm.engine.sampling import BatchOrder
 from immunelm.engine.steps import CausalLMStep, StepContext, TrainStep
-from immunelm.errors import ImmuneLMError
+from immunelm.errors import ImmuneLMError, NonFiniteError
 
 EvalFn = Callable[[torch.nn.Module, int], dict[str, float]]
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -211,7 +211,7 @@ class Engine:
         loss_bad, grad_bad = (flags > 0).tolist()
         if loss_bad or grad_bad:
             what = "loss" if loss_bad else f"gradient norm ({float(norm)})"
-            raise ImmuneLMError(
+            raise NonFiniteError(
                 f"training stopped at step {ctx.step + 1}: the {what} is not finite (nan or inf); this step was not "
                 "applied and nothing after it was saved (lower train.lr, set train.max_grad_norm, or check the data)")
 

@@ -1,0 +1,43 @@
+"""``immunelm search``: an attacker hyper-parameter search against one model; the work is
+:mod:`immunelm.api.search`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from immunelm.api.search import SearchConfig, run_search, validate_search
+from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, OVERWRITE_OPTION, RUN_DIR_OPTION, console, out, resolve_config, start_run
+
+
+def search(
+    model: Optional[str] = typer.Argument(None, help="Model to attack (any source; default organism:aligned)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Its label (default: 'model')."),
+    space: Optional[str] = typer.Option(None, "--space", help="Search space: organism | smol | a YAML path."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Total trials of the study (all workers, all machines)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes on this machine."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Journal file or database URL shared by every worker (default RUN_DIR/study.journal)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (required with a database; the same on every machine)."),
+    first_worker: Optional[int] = typer.Option(None, "--first-worker", help="This machine's first worker index (its TPE seed offset)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the search in RUN_DIR: finished trials are kept, missing ones run."),
+    config: Optional[Path] = CONFIG_OPTION,
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    run_dir: Optional[Path] = RUN_DIR_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
+) -> None:
+    """Optuna (TPE) search over the attacker's hyper-parameters: the most harmful attack whose
+    utility drop stays within epsilon (TamperBench's bounded worst case)."""
+    cfg = resolve_config(SearchConfig, config, overrides)
+    flags = {"model": model, "name": name, "space": space, "trials": trials, "workers": workers, "storage": storage,
+             "study": study, "first_worker": first_worker}
+    cfg = SearchConfig.model_validate({**cfg.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+    space_cfg = validate_search(cfg)
+    path = start_run("search", run_dir, cfg, space_cfg.seed, resume=resume, overwrite=overwrite, resumable=True)
+    record = run_search(cfg, path, space_cfg)
+    best = record["best"]
+    out.print(f"{record['n_complete']} trials ({record['n_feasible']} within the utility bound, epsilon {space_cfg.epsilon}); "
+              + (f"best harmful {best['harmful']:.3f} by trial {best['number']} ({best['kind']}, utility {best['utility']:.3f}, "
+                 f"{best['outcome']})" if best else "no trial stayed within the utility bound"), highlight=False)
+    console.print(f"results: {path / 'search.json'}")
