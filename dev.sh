@@ -35,7 +35,7 @@ shift || true
 case "$cmd" in
   demo)  setup; exec "$VENV/bin/immunelm" demo "$@" ;;
   test)  setup; sh scripts/install_chromium.sh; exec "$VENV/bin/python" -m pytest -q "$@" ;;
-  slow)  setup; setup_extras; exec "$VENV/bin/python" -m pytest -q -m slow "$@" ;;
+  slow)  setup; setup_extras; sh scripts/install_postgres.sh; exec "$VENV/bin/python" -m pytest -q -m slow "$@" ;;
   bench) setup; setup_extras; exec "$VENV/bin/python" benchmarks/run_all.py "$@" ;;
   extras) setup; setup_extras ;;
   *) echo "usage: ./dev.sh demo|test|slow|bench|extras [args...]" >&2; exit 2 ;;

@@ -179,3 +179,16 @@ def test_cli_search_runs_and_bad_input_is_one_line(tmp_path):
 def test_database_passwords_never_reach_results():
     assert "secret" not in safe_url("postgresql://user:secret@db.example/optuna")
     assert safe_url("runs/x/study.journal") == "runs/x/study.journal"
+
+
+def test_database_storage_path_works_with_sqlite_and_a_dead_server_fails_first(tmp_path):
+    """The RDB storage (heartbeats, shared study) on SQLite in the fast tier; PostgreSQL is the
+    slow tier's (tests/test_search_postgres.py)."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = run_search(tiny_config(tmp_path, trials=1, storage=url, study="db"), tmp_path / "run")
+    assert result["n_complete"] == 1 and result["storage"] == url
+    runner = CliRunner()
+    dead = runner.invoke(app, ["search", "--storage", "postgresql://u:pw@127.0.0.1:1/db", "--study", "x",
+                               "--run-dir", str(tmp_path / "dead")])
+    assert dead.exit_code != 0 and "cannot open the database" in str(dead.exception)
+    assert "pw" not in str(dead.exception) and not (tmp_path / "dead").exists()

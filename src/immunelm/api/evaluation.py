@@ -29,6 +29,8 @@ class ModelSpec(Config):
         "defended", description="reference (the undefended aligned model; at most one) | defended | base")
     defence: Optional[str] = None
     chat_template: Optional[str] = Field(None, description="For tokenizers without one: chatml, a .jinja file or template text.")
+    evaluate: bool = Field(True, description="False: only the anchor of the others' diagnostics (KL, delta), never "
+                                             "attacked or scored (a leaderboard cell evaluates one model against its reference).")
 
 
 class EvaluateConfig(Config):
@@ -67,6 +69,8 @@ def _check_models(models: list[ModelSpec]) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ImmuneLMError(f"models: duplicate name(s) {', '.join(duplicates)}; every model needs its own name")
+    if not any(m.evaluate for m in models):
+        raise ImmuneLMError("models: every model has evaluate=false (anchors only); at least one must be evaluated")
     references = [m.name for m in models if m.role == "reference"]
     if len(references) > 1:
         raise ImmuneLMError(f"models: {len(references)} models have role 'reference' ({', '.join(references)}); "
@@ -148,7 +152,7 @@ def _loader(spec: ModelSpec, cfg: EvaluateConfig):
 def run_evaluation(cfg: EvaluateConfig, run_dir: Path, task: EvalTask | None = None) -> EvaluationReport:
     """Evaluate every model of ``cfg`` on its task; writes results.json, samples.jsonl, report.html."""
     task = task or validate_evaluation(cfg)
-    entries = [ModelEntry(s.name, s.role, _loader(s, cfg), s.defence, s.source) for s in cfg.models]
+    entries = [ModelEntry(s.name, s.role, _loader(s, cfg), s.defence, s.source, s.evaluate) for s in cfg.models]
     evaluator = Evaluator(cfg.evaluation, task, resolve_settings(cfg.evaluation, task))
     report = evaluator.run(entries, run_dir, {"models": [m.model_dump() for m in cfg.models]})
     from immunelm.report import render_report

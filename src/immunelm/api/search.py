@@ -69,6 +69,10 @@ def validate_search(cfg: SearchConfig):
     validate_evaluation(evaluate_config(cfg))
     if cfg.storage and "://" in cfg.storage and not cfg.study:
         raise ImmuneLMError(f"study: required with a database storage ({safe_url(cfg.storage)}); every machine passes the same --study name")
+    if cfg.storage and "://" in cfg.storage:
+        from immunelm.search.study import make_storage
+
+        make_storage(cfg.storage)  # connects: a wrong URL or a server that is down fails here, before any run
     return space
 
 

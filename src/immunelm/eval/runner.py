@@ -89,6 +89,7 @@ class ModelEntry:
     load: Callable[[], tuple[Any, Any]]  # returns a fresh (model, tokenizer) (attacks mutate copies)
     defence: Optional[str] = None
     checkpoint: Optional[str] = None
+    evaluate: bool = True  # False: only an anchor for the others' diagnostics
 
 
 @dataclass
@@ -239,12 +240,12 @@ class Evaluator:
     def run(self, entries: list[ModelEntry], out_dir: Path, extra_config: dict | None = None) -> EvaluationReport:
         started = time.perf_counter()
         self.out_dir, self.entries = out_dir, entries
-        models = []
-        for entry in entries:
+        models, evaluated = [], [e for e in entries if e.evaluate]
+        for entry in evaluated:
             console.print(f"[bold]evaluating {entry.name}[/bold] ({len(self.suite.expanded())} adversaries, "
                           f"suite {self.suite.name}, task {self.task.name})")
             models.append(self.evaluate_model(entry))
-            if len(models) < len(entries):  # a model takes minutes on a real LM: keep what is done
+            if len(models) < len(evaluated):  # a model takes minutes on a real LM: keep what is done
                 partial = self._report(models, started, extra_config)
                 out_dir.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(out_dir / "results.partial.json", partial.model_dump(mode="json"))

@@ -43,7 +43,10 @@ def make_storage(storage: str):
         try:  # the heartbeat lets other workers fail a trial whose worker died
             return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120)
         except Exception as exc:  # sqlalchemy / driver errors: one line naming the storage
-            raise ImmuneLMError(f"search storage '{storage}': cannot open the database ({type(exc).__name__}: {exc})") from exc
+            from immunelm.api.search import safe_url
+
+            raise ImmuneLMError(f"search storage '{safe_url(storage)}': cannot open the database "
+                                f"({type(exc).__name__}: {exc})") from exc
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(storage)))
 
