@@ -15,6 +15,7 @@ from immunelm.cli import evaluate as evaluate_cmd
 from immunelm.cli import finetune as finetune_cmd
 from immunelm.cli import immunise as immunise_cmd
 from immunelm.cli import inspect as inspect_cmd
+from immunelm.cli import leaderboard as leaderboard_cmd
 from immunelm.cli import listing as listing_cmd
 from immunelm.cli import report as report_cmd
 from immunelm.cli import search as search_cmd
@@ -46,6 +47,7 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("diagnose")(diagnose_cmd.diagnose)
 app.command("report")(report_cmd.report)
 app.command("search")(search_cmd.search)
+app.command("leaderboard")(leaderboard_cmd.leaderboard)
 app.command("attacks")(listing_cmd.attacks)
 app.command("defences")(listing_cmd.defences)
 

@@ -1,0 +1,47 @@
+"""``immunelm leaderboard``: defences x suites x seeds (+ attacker searches) from one YAML,
+every cell cached; the work is :mod:`immunelm.leaderboard`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from immunelm.cli.common import OVERRIDES_ARG, console, out
+from immunelm.leaderboard.config import load_leaderboard
+from immunelm.leaderboard.runner import run_leaderboard, validate_leaderboard
+from immunelm.provenance import record_run
+
+
+def _f(stat) -> str:
+    return "n/a" if stat.mean is None else f"{stat.mean:.2f}"
+
+
+def leaderboard(
+    name: str = typer.Argument(..., help="Shipped leaderboard (organism-standard | smol-quick) or a YAML path."),
+    overrides: Optional[list[str]] = OVERRIDES_ARG,
+    root: Path = typer.Option(Path("runs/leaderboard"), "--root", help="Cell cache and outputs (ROOT/cells, ROOT/<name>)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Cells in parallel processes (default: the file's)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the cells (cached / to run); run nothing."),
+) -> None:
+    """Run a leaderboard; re-running it (or extending its seeds, suites or defences) runs only the
+    cells whose results are missing."""
+    lb = load_leaderboard(name, overrides or [])
+    cells = validate_leaderboard(lb, root)
+    todo = [c for c in cells if not c.done(lb.search.trials)]
+    out.print(f"leaderboard {lb.name}: {len(cells)} cells, {len(cells) - len(todo)} cached, {len(todo)} to run "
+              f"({', '.join(f'{k} {sum(c.kind == k for c in todo)}' for k in ('immunise', 'evaluate', 'search'))})",
+              highlight=False)
+    if dry_run:
+        for c in todo:
+            out.print(f"  to run: {c.describe()}  [{c.key}]", highlight=False, markup=False)
+        return
+    record_run(root / lb.name, lb, lb.seeds[0])
+    report = run_leaderboard(lb, root, cells, workers)
+    for row in report.rows:
+        out.print(f"  {row.name:<18} worst {_f(row.worst_harmful)}  within bound "
+                  f"{'none' if row.no_attack_within_bound else _f(row.worst_harmful_within_bound)}  with search "
+                  f"{_f(row.worst_with_search)}  collapse {_f(row.collapse_share)}  benign {_f(row.benign)}  "
+                  f"trainability {_f(row.trainability)}", highlight=False)
+    console.print(f"leaderboard: {root / lb.name / 'leaderboard.html'}")

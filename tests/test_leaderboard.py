@@ -1,0 +1,133 @@
+"""``immunelm leaderboard`` on a shrunken organism: every cell cached by its config's hash, a
+re-run runs nothing, an extension runs only the new cells, a failed cell is reported, the
+numbers aggregate with Student-t intervals over seeds."""
+
+import json
+import math
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from immunelm.cli.main import app
+from immunelm.errors import ImmuneLMError
+from immunelm.leaderboard import load_leaderboard
+from immunelm.leaderboard.runner import run_leaderboard, validate_leaderboard
+from immunelm.leaderboard.table import stat
+
+ORGANISM = {"world": {"entities_per_harm_domain": 6, "n_countries": 4, "n_animals": 4, "n_words": 4},
+            "pretrain": {"max_steps": 8, "warmup_steps": 2, "batch_size": 16, "progress": False},
+            "align": {"max_steps": 3, "progress": False}}
+SUITE = ("name: tiny\nbudget: 2\neval_at: [0, 2]\ndefaults: {train: {progress: false, batch_size: 4}}\n"
+         "adversaries:\n  - {name: sft, examples: 4}\n  - {name: sft-fast, examples: 4, train: {lr: 1.0e-2}}\n")
+SPACE = ("name: tiny\nkinds: [harmful_sft]\ndefaults: {examples: 4, train: {progress: false, batch_size: 4}}\n"
+         "params:\n  - {name: lr, log_uniform: [1.0e-4, 1.0e-2], set: train.lr}\n  - {name: max_steps, choice: [1, 2], set: train.max_steps}\n")
+
+
+def board(tmp_path, **changes) -> str:
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    data = {"name": "tiny", "model": "organism:aligned",
+            "defences": [{"name": "deep-align", "config": {"train": {"max_steps": 2}}}, "lox"],
+            "suites": [str(tmp_path / "suite.yaml")], "seeds": [0], "workers": 1,
+            "evaluation": {"trainability": {"train": {"max_steps": 2, "progress": False}, "eval_at": [0, 2]},
+                           "prefill_tokens": [], "generation": {"progress": False}},
+            "search": {"space": str(tmp_path / "space.yaml"), "trials": 1},
+            "organism": ORGANISM, "cache_dir": str(tmp_path / "cache"), **changes}
+    path = tmp_path / "board.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def statuses(report) -> dict:
+    return {(c.kind, c.row, c.seed): c.status for c in report.cells}
+
+
+def test_leaderboard_caches_every_cell_and_extends_by_running_only_new_ones(tmp_path):
+    root = tmp_path / "lb"
+    first = run_leaderboard(load_leaderboard(board(tmp_path)), root)
+    assert first.complete and [r.name for r in first.rows] == ["aligned", "deep-align", "lox"]
+    assert set(statuses(first).values()) == {"ran"}
+    kinds = sorted(c.kind for c in first.cells)
+    assert kinds == ["evaluate"] * 3 + ["immunise"] * 2 + ["search"] * 3
+    saved = json.loads((root / "tiny" / "leaderboard.json").read_text())
+    assert saved["schema_version"] == "leaderboard-1.0" and (root / "tiny" / "leaderboard.html").is_file()
+    row = next(r for r in first.rows if r.name == "deep-align")
+    assert row.worst_harmful.n == 1 and row.worst_harmful.ci_low is None  # one seed: no interval
+    assert row.search and row.search[0].trials == 1 and row.immunise_seconds.mean > 0
+    assert row.worst_harmful.mean >= row.mean_harmful.mean
+
+    again = run_leaderboard(load_leaderboard(board(tmp_path)), root)
+    assert set(statuses(again).values()) == {"cached"}
+    assert [r.worst_harmful for r in again.rows] == [r.worst_harmful for r in first.rows]
+
+    # two more seeds, two processes: only deep-align's new cells run; lox is training-free (one cell)
+    extended = run_leaderboard(load_leaderboard(board(tmp_path, seeds=[0, 1, 2], workers=2)), root)
+    ran = sorted(k for k, s in statuses(extended).items() if s == "ran")
+    assert ran == [("evaluate", "deep-align", 1), ("evaluate", "deep-align", 2),
+                   ("immunise", "deep-align", 1), ("immunise", "deep-align", 2)]
+    deep, lox = (next(r for r in extended.rows if r.name == n) for n in ("deep-align", "lox"))
+    assert deep.seeds == [0, 1, 2] and deep.benign.n == 3 and deep.benign.ci_low is not None
+    assert lox.benign.n == 1
+
+
+def test_a_failed_cell_is_reported_and_rerun_later(tmp_path, monkeypatch):
+    from immunelm.leaderboard import cells
+
+    def broken(cell, lb, trials):
+        raise RuntimeError("simulated crash")
+    monkeypatch.setattr(cells, "_immunise", broken)
+    path, root = board(tmp_path, defences=["lox"], search={"trials": 0}), tmp_path / "lb"
+    with pytest.raises(ImmuneLMError, match="not done.*simulated crash"):
+        run_leaderboard(load_leaderboard(path), root)
+    saved = json.loads((root / "tiny" / "leaderboard.json").read_text())
+    assert saved["complete"] is False
+    by_kind = {(c["kind"], c["row"]): c["status"] for c in saved["cells"]}
+    assert by_kind[("immunise", "lox")] == "failed" and by_kind[("evaluate", "lox")] == "missing"
+    assert by_kind[("evaluate", "aligned")] == "ran"
+    monkeypatch.undo()
+    report = run_leaderboard(load_leaderboard(path), root)
+    assert report.complete and statuses(report)[("immunise", "lox", 0)] == "ran"
+    assert statuses(report)[("evaluate", "aligned", None)] == "cached"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"defences": ["no-such-defence"]}, "unknown defence 'no-such-defence'"),
+    ({"defences": [{"name": "npo", "preset": "/no/such/preset.yaml"}]}, "preset"),
+    ({"suites": ["no-such-suite"]}, "unknown suite 'no-such-suite'"),
+    ({"seeds": []}, "seeds"),
+    ({"defences": "all", "exclude": ["nope"]}, "exclude: unknown defence 'nope'"),
+    ({"search": {"space": "nope", "trials": 2}}, "unknown search space 'nope'"),
+])
+def test_bad_leaderboard_is_one_line_before_any_cell(tmp_path, change, message):
+    root = tmp_path / "lb"
+    with pytest.raises(ImmuneLMError, match=message) as err:
+        validate_leaderboard(load_leaderboard(board(tmp_path, **change)), root)
+    assert "\n" not in str(err.value) and not root.exists()
+
+
+def test_cli_dry_run_lists_cells_and_unknown_name_fails(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["leaderboard", board(tmp_path), "--root", str(tmp_path / "lb"), "--dry-run", "seeds=[0,1]"])
+    assert result.exit_code == 0, result.output
+    assert "3 cached" not in result.output and "immunise 3" in result.output  # deep-align x 2 seeds + lox
+    assert not (tmp_path / "lb").exists()
+    bad = runner.invoke(app, ["leaderboard", "nope"])
+    assert bad.exit_code != 0 and "unknown leaderboard 'nope'" in str(bad.exception)
+
+
+def test_shipped_leaderboards_plan_every_defence():
+    from immunelm.defences import defence_names
+
+    lb = load_leaderboard("organism-standard")
+    assert {e.name for e in lb.entries()} == set(defence_names()) - {"pipeline"}
+    assert lb.suites == ["standard", "beyond-sft"] and lb.seeds == [0, 1, 2] and lb.search.trials == 50
+    assert [e.name for e in load_leaderboard("smol-quick").entries()] == ["deep-align", "repnoise", "mlac", "npo", "ilu"]
+
+
+def test_interval_is_student_t_over_seeds():
+    s = stat([0.2, 0.4, 0.6, None])
+    half = 4.302652729911275 * 0.2 / math.sqrt(3)  # t(0.975, df=2) * sd / sqrt(n)
+    assert s.n == 3 and s.mean == pytest.approx(0.4)
+    assert s.ci_low == pytest.approx(0.4 - half) and s.ci_high == pytest.approx(0.4 + half)
+    assert stat([0.5]).ci_low is None and stat([None]).mean is None
