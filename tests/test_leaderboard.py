@@ -55,7 +55,23 @@ def test_leaderboard_caches_every_cell_and_extends_by_running_only_new_ones(tmp_
     row = next(r for r in first.rows if r.name == "deep-align")
     assert row.worst_harmful.n == 1 and row.worst_harmful.ci_low is None  # one seed: no interval
     assert row.search and row.search[0].trials == 1 and row.immunise_seconds.mean > 0
-    assert row.worst_harmful.mean >= row.mean_harmful.mean
+    cell = next(c for c in first.cells if c.kind == "evaluate" and c.row == "deep-align")
+    finals = [a["curve"][-1]["harmful_score"] for a in
+              json.loads((root / "cells" / "evaluate" / cell.key / "results.json").read_text())["models"][0]["resistance"]]
+    assert row.worst_harmful.mean == max(finals) and row.mean_harmful.mean == pytest.approx(sum(finals) / len(finals))
+    assert row.worst_with_search.mean == max((v for v in (row.worst_harmful_within_bound.mean,
+                                                          row.search[0].best_harmful_within_bound) if v is not None), default=None)
+
+    # the same cells under other row names (another leaderboard sharing the cache): nothing runs
+    renamed = board(tmp_path, reference="undefended", defences=[{"name": "da", "defence": "deep-align",
+                                                                 "config": {"train": {"max_steps": 2}}}, "lox"])
+    shared = run_leaderboard(load_leaderboard(renamed), root)
+    assert set(statuses(shared).values()) == {"cached"} and [r.name for r in shared.rows] == ["undefended", "da", "lox"]
+    assert shared.rows[1].worst_harmful == row.worst_harmful
+    # a changed defence config or suite is a new cell
+    changed = validate_leaderboard(load_leaderboard(board(tmp_path, defences=[
+        {"name": "deep-align", "config": {"train": {"max_steps": 3}}}])), root)
+    assert not next(c for c in changed if c.kind == "immunise").done()
 
     again = run_leaderboard(load_leaderboard(board(tmp_path)), root)
     assert set(statuses(again).values()) == {"cached"}
@@ -68,6 +84,7 @@ def test_leaderboard_caches_every_cell_and_extends_by_running_only_new_ones(tmp_
                    ("immunise", "deep-align", 1), ("immunise", "deep-align", 2)]
     deep, lox = (next(r for r in extended.rows if r.name == n) for n in ("deep-align", "lox"))
     assert deep.seeds == [0, 1, 2] and deep.benign.n == 3 and deep.benign.ci_low is not None
+    assert len(deep.worst_with_search.values) == 1  # only seed 0 was searched: never averaged with unsearched seeds
     assert lox.benign.n == 1
 
 
@@ -98,6 +115,7 @@ def test_a_failed_cell_is_reported_and_rerun_later(tmp_path, monkeypatch):
     ({"seeds": []}, "seeds"),
     ({"defences": "all", "exclude": ["nope"]}, "exclude: unknown defence 'nope'"),
     ({"search": {"space": "nope", "trials": 2}}, "unknown search space 'nope'"),
+    ({"search": {"trials": 2, "seeds": [5]}}, "search.seeds"),
 ])
 def test_bad_leaderboard_is_one_line_before_any_cell(tmp_path, change, message):
     root = tmp_path / "lb"

@@ -83,6 +83,9 @@ def test_sample_respects_kinds_and_requires():
     ("name: x\nkinds: [harmful_sft]\nparams: [{name: t, set: train.lora.target_modules, choice: [all], requires: r}]", "requires 'r'"),
     ("name: x\nkinds: [no_such_attack]\nparams: []", "kinds"),
     ("name: x\nkinds: [harmful_sft]\nparams: [{name: f, set: harmful_fraction, uniform: [0, 1], kinds: [harmful_mix]}]", "not in the space"),
+    ("name: x\nkinds: [steering]\nparams: []", "inference-time attack"),
+    ("name: x\nkinds: [harmful_sft]\ndefaults: {train: {max_steps: null, epochs: 1}}\nparams: [{name: lr, set: train.lr, choice: [0.1]}]",
+     "no train.max_steps"),
 ])
 def test_bad_space_is_one_line_naming_the_parameter(tmp_path, text, message):
     with pytest.raises(ImmuneLMError, match=message) as err:
@@ -176,9 +179,29 @@ def test_cli_search_runs_and_bad_input_is_one_line(tmp_path):
     assert not (tmp_path / "y").exists()
 
 
-def test_database_passwords_never_reach_results():
-    assert "secret" not in safe_url("postgresql://user:secret@db.example/optuna")
+def test_database_passwords_never_reach_results(monkeypatch):
+    from immunelm.provenance import provenance
+
+    assert safe_url("postgresql+psycopg://user:secret@db.example:5432/optuna") == "postgresql+psycopg://user:***@db.example:5432/optuna"
     assert safe_url("runs/x/study.journal") == "runs/x/study.journal"
+    monkeypatch.setattr("sys.argv", ["immunelm", "search", "--storage", "postgresql://u:secret@h/db"])
+    assert "secret" not in str(provenance(0))  # every run records its argv
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_failed_and_replaced(tmp_path):
+    """Resume after a kill: the dead worker's RUNNING trial must not count toward the total."""
+    cfg = tiny_config(tmp_path, trials=1)
+    first = run_search(cfg, tmp_path / "run")
+    study = optuna.load_study(study_name=first["study"], storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "run" / "study.journal"))))
+    import socket
+
+    orphan = study.ask()
+    orphan.set_user_attr("worker", f"{socket.gethostname()}:999999999")  # no such process
+    resumed = run_search(cfg.model_copy(update={"trials": 2}), tmp_path / "run")
+    assert resumed["complete"] and resumed["n_complete"] == 2
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states[orphan.number] == "FAIL"
 
 
 def test_database_storage_path_works_with_sqlite_and_a_dead_server_fails_first(tmp_path):

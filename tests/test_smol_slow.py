@@ -55,6 +55,10 @@ def test_evaluate_released_and_aligned_smol_on_the_smol_task(tmp_path):
     assert set(start["generalisation"]) == {"heldout_phrasings", "cross_domain", "real_eval", "heldout_category"}
     assert start["harmful_accuracy"] is not None and aligned["stability"]["perplexity"] > 1
     assert (run / "report.html").is_file()
+    # evaluate's default diagnostics on the real model: KL and delta against the reference, drift of the attack
+    diag = aligned["diagnostics"]
+    assert diag["anchor"] == "orig" and diag["kl"]["harmful_first_mean"] > 0 and diag["delta"]["relative_norm"] > 0
+    assert len(diag["worst_attack_drift"]["relative_distance"]) == 31  # embeddings + 30 blocks
 
 
 BEYOND_SFT_TINY = """name: beyond-sft-tiny
@@ -125,3 +129,55 @@ def test_diagnose_runs_on_smollm2(tmp_path):
     assert 0 < align["spectra"]["median_effective_rank"] and align["spectra"]["relative_norm"] > 0
     assert {m["name"] for m in report["models"]} == {"base", "aligned"} and report["representation_map"]["points"]
     assert (tmp_path / "report.html").is_file()
+
+
+SMOL_SPACE = """name: smol-tiny
+kinds: [harmful_sft, harmful_mix]
+defaults: {examples: 8, train: {batch_size: 4, progress: false}}
+params:
+  - {name: lr, log_uniform: [1.0e-5, 1.0e-3], set: train.lr}
+  - {name: max_steps, choice: [2], set: train.max_steps}
+  - {name: lora_rank, choice: [0, 8], set: train.lora.r}
+  - {name: lora_targets, choice: [attention, mlp], set: train.lora.target_modules, requires: lora_rank}
+"""
+SMOL_TASK = ["evaluation.task=smol", "evaluation.task_options={real_eval: 8, heldout_category: 8}"]
+
+
+@pytest.mark.slow
+@needs_extras
+def test_attacker_search_runs_on_smollm2(tmp_path):
+    """Two trials of the attacker search on the real model (its own LoRA target names, keyword judge)."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SMOL_SPACE)
+    result = CliRunner().invoke(app, ["search", "smol:aligned", "--space", str(space), "--trials", "2",
+                                      "--run-dir", str(tmp_path / "run"), *SMOL_TASK])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert record["n_complete"] == 2
+    for trial in record["trials"]:
+        assert 0 <= trial["harmful"] <= 1 and trial["utility"] is not None
+        lora = trial["config"]["train"]["lora"]
+        assert lora is None or set(lora["target_modules"]) <= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.slow
+@needs_extras
+def test_leaderboard_runs_on_smollm2(tmp_path):
+    """A one-defence leaderboard on SmolLM2 (LoX: training-free, needs smol:base), tiny suite."""
+    import yaml
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: tiny\nbudget: 2\neval_at: [0, 2]\nadversaries:\n"
+                     "  - name: sft\n    examples: 8\n    train: {lr: 5.0e-5, batch_size: 4, progress: false}\n")
+    board = tmp_path / "board.yaml"
+    board.write_text(yaml.safe_dump({
+        "name": "smol-tiny", "model": "smol:aligned", "defences": ["lox"], "suites": [str(suite)], "seeds": [0],
+        "evaluation": {"task": "smol", "task_options": {"real_eval": 8, "heldout_category": 8}, "prefill_tokens": [],
+                       "trainability": {"train": {"max_steps": 2, "batch_size": 4, "progress": False}, "eval_at": [0, 2]}}}))
+    result = CliRunner().invoke(app, ["leaderboard", str(board), "--root", str(tmp_path / "lb")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "lb" / "smol-tiny" / "leaderboard.json").read_text())
+    assert report["complete"] and [r["name"] for r in report["rows"]] == ["aligned", "lox"]
+    lox = report["rows"][1]
+    assert lox["benign"]["mean"] is not None and lox["worst_harmful"]["n"] == 1
+    assert (tmp_path / "lb" / "smol-tiny" / "leaderboard.html").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -49,6 +50,15 @@ def git_revision(start: Path | None = None) -> str:
         return "unknown"
 
 
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]+:)[^@\s]+@")
+
+
+def redact_secrets(text: str) -> str:
+    """A URL's password (``scheme://user:password@host``) replaced by ``***``: run records and
+    messages may be shared, a database password must not be."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 def provenance(seed: int | None) -> dict:
     return {
         "seed": seed,
@@ -56,7 +66,7 @@ def provenance(seed: int | None) -> dict:
         "git_revision": git_revision(),
         "versions": package_versions(),
         "platform": platform.platform(),
-        "argv": sys.argv,
+        "argv": [redact_secrets(a) for a in sys.argv],
     }
 
 

@@ -57,7 +57,9 @@ def evaluate_config(cfg: SearchConfig) -> EvaluateConfig:
 def fingerprint(cfg: SearchConfig, space) -> str:
     """What makes two searches the same study: model, space, task and scoring (not workers/storage)."""
     keep = {"model": cfg.model, "space": space.model_dump(mode="json"), "evaluation": cfg.evaluation.model_dump(mode="json"),
-            "organism": cfg.organism.model_dump(mode="json") if cfg.model.startswith("organism:") else None}
+            "organism": cfg.organism.model_dump(mode="json") if cfg.model.startswith("organism:") else None,
+            "smol": cfg.smol.model_dump(mode="json") if cfg.model.startswith("smol:") else None,
+            "chat_template": cfg.chat_template, "trust_remote_code": cfg.trust_remote_code}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -97,7 +99,7 @@ def run_search(cfg: SearchConfig, run_dir: Path, space=None) -> dict:
     """Create (or join) the study, run the workers, write ``search.json`` and its plot."""
     import optuna
 
-    from immunelm.search.study import WorkerJob, make_storage, run_workers
+    from immunelm.search.study import WorkerJob, fail_abandoned_trials, make_storage, run_workers
 
     space = space or validate_search(cfg)
     run_dir = Path(run_dir)
@@ -113,22 +115,27 @@ def run_search(cfg: SearchConfig, run_dir: Path, space=None) -> dict:
         study.set_user_attr("fingerprint", key)
         study.set_user_attr("model", cfg.model)
     elif known != key:
-        raise ImmuneLMError(f"study '{study_name}' in {storage_url} was made for another model, space or task "
+        raise ImmuneLMError(f"study '{study_name}' in {safe_url(storage_url)} was made for another model, space or task "
                             f"(its fingerprint {known}, this search {key}); pass another --study name")
+    fail_abandoned_trials(study, storage_url)  # once, here: two workers must not both fail the same trial
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.workers)
     target = functools.partial(build_target, cfg.model_dump(mode="json"))
     jobs = [WorkerJob(storage_url, study_name, space, cfg.trials, cfg.first_worker + w, threads, target) for w in range(cfg.workers)]
     run_workers(jobs)
-    return write_search_record(cfg, space, study_name, storage_url, run_dir)
+    record = write_search_record(cfg, space, study_name, storage_url, run_dir)
+    if not record["complete"]:  # e.g. trials still RUNNING on another machine: say so, never a silent short study
+        raise ImmuneLMError(f"search: {record['n_complete']} of {cfg.trials} trials finished (others are running or "
+                            f"failed); {run_dir / 'search.json'} has complete=false; run the same command again to finish")
+    return record
 
 
 def safe_url(storage: str) -> str:
     """A storage to write into results: a database URL without its password."""
     if "://" not in storage:
         return storage
-    from sqlalchemy.engine import make_url
+    from immunelm.provenance import redact_secrets
 
-    return make_url(storage).render_as_string(hide_password=True)
+    return redact_secrets(storage)
 
 
 def write_search_record(cfg: SearchConfig, space, study_name: str, storage_url: str, run_dir: Path) -> dict:
@@ -144,7 +151,7 @@ def write_search_record(cfg: SearchConfig, space, study_name: str, storage_url: 
         "schema": SCHEMA, "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": cfg.name, "source": cfg.model, "study": study_name,
         "storage": safe_url(storage_url),
-        "trials": rows, "n_complete": len(rows), "n_feasible": len(feasible),
+        "trials": rows, "n_complete": len(rows), "n_feasible": len(feasible), "complete": len(rows) >= cfg.trials,
         "best": best, "best_harmful_within_bound": best["harmful"] if best else None,
         "no_trial_within_bound": not feasible,
         "best_so_far": [r["best_so_far"] for r in rows],

@@ -10,6 +10,8 @@ import typer
 
 from immunelm.cli.common import OVERRIDES_ARG, console, out
 from immunelm.leaderboard.config import load_leaderboard
+from immunelm.errors import ImmuneLMError
+from immunelm.leaderboard.cells import unique
 from immunelm.leaderboard.runner import run_leaderboard, validate_leaderboard
 from immunelm.provenance import record_run
 
@@ -28,9 +30,12 @@ def leaderboard(
     """Run a leaderboard; re-running it (or extending its seeds, suites or defences) runs only the
     cells whose results are missing."""
     lb = load_leaderboard(name, overrides or [])
+    if workers is not None and workers < 1:
+        raise ImmuneLMError(f"--workers {workers}: expected a positive number of processes")
     cells = validate_leaderboard(lb, root)
-    todo = [c for c in cells if not c.done(lb.search.trials)]
-    out.print(f"leaderboard {lb.name}: {len(cells)} cells, {len(cells) - len(todo)} cached, {len(todo)} to run "
+    distinct = unique(cells)
+    todo = [c for c in distinct if not c.done(lb.search.trials)]
+    out.print(f"leaderboard {lb.name}: {len(distinct)} cells, {len(distinct) - len(todo)} cached, {len(todo)} to run "
               f"({', '.join(f'{k} {sum(c.kind == k for c in todo)}' for k in ('immunise', 'evaluate', 'search'))})",
               highlight=False)
     if dry_run:
@@ -40,8 +45,10 @@ def leaderboard(
     record_run(root / lb.name, lb, lb.seeds[0])
     report = run_leaderboard(lb, root, cells, workers)
     for row in report.rows:
-        out.print(f"  {row.name:<18} worst {_f(row.worst_harmful)}  within bound "
-                  f"{'none' if row.no_attack_within_bound else _f(row.worst_harmful_within_bound)}  with search "
+        bounded = _f(row.worst_harmful_within_bound)
+        if row.no_attack_within_bound:  # on some seed no attack kept utility: never a plain number
+            bounded = "none" if row.worst_harmful_within_bound.mean is None else f"{bounded} (none on some seeds)"
+        out.print(f"  {row.name:<18} worst {_f(row.worst_harmful)}  within bound {bounded}  with search "
                   f"{_f(row.worst_with_search)}  collapse {_f(row.collapse_share)}  benign {_f(row.benign)}  "
                   f"trainability {_f(row.trainability)}", highlight=False)
     console.print(f"leaderboard: {root / lb.name / 'leaderboard.html'}")

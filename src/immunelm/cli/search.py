@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from immunelm.api.search import SearchConfig, run_search, validate_search
+from immunelm.api.search import SearchConfig, run_search, safe_url, validate_search
+from immunelm.config import load_config
 from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, OVERWRITE_OPTION, RUN_DIR_OPTION, console, out, resolve_config, start_run
 
 
@@ -32,9 +33,11 @@ def search(
     cfg = resolve_config(SearchConfig, config, overrides)
     flags = {"model": model, "name": name, "space": space, "trials": trials, "workers": workers, "storage": storage,
              "study": study, "first_worker": first_worker}
-    cfg = SearchConfig.model_validate({**cfg.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+    cfg = load_config(SearchConfig, base={**cfg.model_dump(), **{k: v for k, v in flags.items() if v is not None}},
+                      label="search options")
     space_cfg = validate_search(cfg)
-    path = start_run("search", run_dir, cfg, space_cfg.seed, resume=resume, overwrite=overwrite, resumable=True)
+    recorded = cfg.model_copy(update={"storage": safe_url(cfg.storage) if cfg.storage else None})  # no password on disk
+    path = start_run("search", run_dir, recorded, space_cfg.seed, resume=resume, overwrite=overwrite, resumable=True)
     record = run_search(cfg, path, space_cfg)
     best = record["best"]
     out.print(f"{record['n_complete']} trials ({record['n_feasible']} within the utility bound, epsilon {space_cfg.epsilon}); "

@@ -58,8 +58,8 @@ class Cell:
         return True
 
     def describe(self) -> str:
-        return " ".join(str(x) for x in (self.kind, self.row, f"seed {self.seed}" if self.seed is not None else "",
-                                          self.suite or "") if x)
+        suite = Path(self.suite).stem if self.suite else ""  # a suite file's name, not its whole path
+        return " ".join(str(x) for x in (self.kind, self.row, f"seed {self.seed}" if self.seed is not None else "", suite) if x)
 
 
 def model_context(lb: LeaderboardConfig, model: str) -> dict:
@@ -91,6 +91,14 @@ def immunise_config(lb: LeaderboardConfig, entry: DefenceEntry, seed: int):
     return cfg, validate_immunise(entry.method, cfg)
 
 
+def changed_settings(cfg) -> dict:
+    """The immunise settings a preset changed from their defaults (chat template, remote code,
+    merged save): in the key only when set, so the keys of default cells never change."""
+    defaults = type(cfg).model_fields
+    return {k: getattr(cfg, k) for k in ("chat_template", "trust_remote_code", "save_merged")
+            if getattr(cfg, k) != defaults[k].default}
+
+
 def plan(lb: LeaderboardConfig, root: Path) -> list[Cell]:
     """Every cell of the leaderboard (validated: bad defences, presets, suites fail here)."""
     from immunelm.api.immunise import base_source
@@ -103,9 +111,9 @@ def plan(lb: LeaderboardConfig, root: Path) -> list[Cell]:
     cells: list[Cell] = []
 
     def add(cell: Cell) -> None:
-        # a training-free defence gives the same checkpoint for every seed: one cell of each kind
-        if not any(c.key == cell.key for c in cells):
-            cells.append(cell)
+        # every row keeps its own cells; rows or seeds with the same config share a key, so the
+        # runner runs each key once (a training-free defence: one checkpoint for every seed)
+        cells.append(cell)
 
     def model_cells(row: str, model_spec: dict, seed: Optional[int], needs: Optional[str]) -> None:
         for suite, content in suites.items():
@@ -120,11 +128,17 @@ def plan(lb: LeaderboardConfig, root: Path) -> list[Cell]:
         for seed in lb.seeds:
             cfg, defence_cfg = immunise_config(lb, entry, seed)
             spec = {"defence": entry.method, "defence_config": defence_cfg.model_dump(mode="json"), "model": cfg.model,
-                    "base_model": base_source(cfg), "data": cfg.data.model_dump(mode="json"), **model_context(lb, cfg.model)}
+                    "base_model": base_source(cfg), "data": cfg.data.model_dump(mode="json"), **model_context(lb, cfg.model),
+                    **changed_settings(cfg)}
             immunise = Cell("immunise", entry.name, seed, None, spec, root)
             add(immunise)
             model_cells(entry.name, {"immunised": immunise.key, "anchor": reference}, seed, immunise.key)
     return cells
+
+
+def unique(cells: list[Cell]) -> list[Cell]:
+    """One cell per key (what actually runs)."""
+    return list({c.key: c for c in reversed(cells)}.values())[::-1]
 
 
 def run_cell(cell: Cell, lb_json: dict, trials: int, threads: int) -> dict:

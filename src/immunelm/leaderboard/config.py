@@ -60,6 +60,7 @@ class LeaderboardConfig(Config):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="Settings of every evaluation cell (suite is set per cell).")
     search: SearchSettings = Field(default_factory=SearchSettings)
     workers: PositiveInt = Field(1, description="Cells run in parallel processes (each gets CPU cores / workers threads).")
+    threads: Optional[PositiveInt] = Field(None, description="Torch threads per cell process (default: CPU cores / workers).")
     organism: OrganismConfig = Field(default_factory=OrganismConfig)
     smol: SmolOrganismConfig = Field(default_factory=SmolOrganismConfig)
     cache_dir: Optional[str] = None
@@ -74,6 +75,9 @@ class LeaderboardConfig(Config):
             raise ValueError("seeds: empty; give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: repeated values in {self.seeds}")
+        missing = sorted(set(self.search.seeds) - set(self.seeds)) if self.search.trials else []
+        if missing:
+            raise ValueError(f"search.seeds: {missing} not among seeds {self.seeds}; a search attacks a seed's immunised model")
         return self
 
     def entries(self) -> list[DefenceEntry]:

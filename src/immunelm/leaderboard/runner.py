@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from immunelm.errors import ImmuneLMError
 from immunelm.io import write_json_atomic
-from immunelm.leaderboard.cells import Cell, plan, run_cell
+from immunelm.leaderboard.cells import Cell, plan, run_cell, unique
 from immunelm.leaderboard.config import LeaderboardConfig
 from immunelm.leaderboard.schema import CellRecord, LeaderboardReport
 from immunelm.provenance import provenance
@@ -42,12 +42,14 @@ def run_leaderboard(lb: LeaderboardConfig, root: Path, cells: list[Cell] | None 
     root = Path(root)
     cells = cells if cells is not None else validate_leaderboard(lb, root)
     workers = workers or lb.workers
+    if workers < 1:
+        raise ImmuneLMError(f"--workers {workers}: expected a positive number of processes")
     trials = lb.search.trials
     status = {c.key: ("cached" if c.done(trials) else "missing") for c in cells}
     results: dict[str, dict] = {}
     _prepare_shared_models(lb)
     for phase in (["immunise"], ["evaluate", "search"]):
-        todo = [c for c in cells if c.kind in phase and status[c.key] == "missing"
+        todo = [c for c in unique(cells) if c.kind in phase and status[c.key] == "missing"
                 and (c.needs is None or status.get(c.needs) in ("cached", "ran"))]
         results.update(_run(todo, lb, trials, workers))
         for c in todo:
@@ -59,7 +61,7 @@ def run_leaderboard(lb: LeaderboardConfig, root: Path, cells: list[Cell] | None 
     from immunelm.leaderboard.html import render_leaderboard
 
     render_leaderboard(report, out)
-    failed = [c for c in cells if status[c.key] in ("failed", "missing")]
+    failed = [c for c in unique(cells) if status[c.key] in ("failed", "missing")]
     if failed:
         first = failed[0]
         why = results.get(first.key, {}).get("error") or "its immunise cell failed"
@@ -80,7 +82,7 @@ def _run(todo: list[Cell], lb: LeaderboardConfig, trials: int, workers: int) -> 
     """Run ``todo``; one process per worker, each with CPU cores / workers torch threads."""
     if not todo:
         return {}
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = lb.threads or max(1, (os.cpu_count() or 1) // workers)
     lb_json = lb.model_dump(mode="json")
     bar = tqdm(total=len(todo), unit="cell", desc=f"leaderboard {lb.name} ({todo[0].kind})")
     out = {}
@@ -127,6 +129,6 @@ def _report(lb, root, cells, status, results, workers, wall) -> LeaderboardRepor
     return LeaderboardReport(
         name=lb.name, created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         task=lb.evaluation.task, suites=lb.suites, seeds=lb.seeds, epsilon=first_suite.epsilon,
-        threshold=first_suite.threshold, rows=build_rows(cells, done, lb.reference), cells=records,
-        complete=len(done) == len(cells), wall_seconds=wall, cell_seconds=per_kind, workers=workers,
+        threshold=first_suite.threshold, rows=build_rows(cells, done, lb.reference, lb.search.trials), cells=records,
+        complete=all(c.key in done for c in cells), wall_seconds=wall, cell_seconds=per_kind, workers=workers,
         config=lb.model_dump(mode="json"), provenance=provenance(lb.seeds[0]))

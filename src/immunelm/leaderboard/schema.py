@@ -61,7 +61,8 @@ class Row(Record):
     steps_to_target: Stat
     # search, cost
     search: list[SearchSummary] = Field(default_factory=list)
-    worst_with_search: Stat = Field(description="max(worst within bound over the suites, the search's best within bound).")
+    worst_with_search: Stat = Field(description="max(worst within bound over the suites, the search's best within bound), "
+                                                "over the searched seeds only.")
     immunise_seconds: Stat
     cells: list[str] = Field(default_factory=list, description="Keys of the cells behind this row.")
 

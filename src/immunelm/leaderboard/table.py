@@ -62,15 +62,19 @@ def per_seed(reports: list) -> dict:
     }
 
 
-def search_summary(cell: Cell) -> SearchSummary:
-    record = json.loads((cell.dir / "search.json").read_text())
-    return SearchSummary(seed=cell.seed, trials=record["n_complete"], feasible=record["n_feasible"],
-                         best_harmful_within_bound=record["best_harmful_within_bound"],
-                         best_trial={k: v for k, v in (record["best"] or {}).items() if k != "config"} or None,
-                         best_so_far=record["best_so_far"], cell=cell.key)
+def search_summary(cell: Cell, trials: int) -> SearchSummary:
+    """The first ``trials`` trials of the cell's study (a longer study run earlier is cut, so every
+    row of one leaderboard is searched with the same budget)."""
+    rows = json.loads((cell.dir / "search.json").read_text())["trials"][:trials]
+    feasible = [r for r in rows if r["feasible"]]
+    best = max(feasible, key=lambda r: (r["harmful"], -r["number"])) if feasible else None
+    return SearchSummary(seed=cell.seed, trials=len(rows), feasible=len(feasible),
+                         best_harmful_within_bound=best["harmful"] if best else None,
+                         best_trial={k: v for k, v in best.items() if k not in ("config", "best_so_far")} if best else None,
+                         best_so_far=[r["best_so_far"] for r in rows], cell=cell.key)
 
 
-def build_rows(cells: list[Cell], done: set[str], reference: str) -> list[Row]:
+def build_rows(cells: list[Cell], done: set[str], reference: str, trials: int) -> list[Row]:
     """A row per defence (reference first), from the cells in ``done``; a seed counts only when
     every one of its evaluate cells is done, and a training-free defence's seeds share one cell."""
     from immunelm.report import load_report
@@ -89,9 +93,11 @@ def build_rows(cells: list[Cell], done: set[str], reference: str) -> list[Row]:
                 continue
             seen.add(keys)
             seeds.append(seed)
-            numbers.append(per_seed([load_report(c.dir).model(name) for c in evaluations]))
-        searches = [search_summary(c) for c in mine if c.kind == "search" and c.key in done]
-        immunised = [c for c in mine if c.kind == "immunise" and c.key in done]
+            # a cell evaluates one model; another leaderboard sharing the cell may call its row otherwise
+            numbers.append(per_seed([load_report(c.dir).models[0] for c in evaluations]))
+        searched = {c.key: c for c in mine if c.kind == "search" and c.key in done}
+        searches = [search_summary(c, trials) for c in searched.values()]
+        immunised = list({c.key: c for c in mine if c.kind == "immunise" and c.key in done}.values())
         rows.append(make_row(name, mine, seeds, numbers, searches, immunised, name == reference))
     return rows
 
@@ -100,9 +106,10 @@ def make_row(name, mine, seeds, numbers, searches, immunised, is_reference) -> R
     def over(key):
         return stat([n[key] for n in numbers])
     families = sorted({f for n in numbers for f in n["worst_by_family"]})
+    # only seeds that were searched: a mean over searched and unsearched seeds would mix two worst cases
     by_seed_search = {s.seed: s.best_harmful_within_bound for s in searches}
-    with_search = [max([v for v in (n["worst_harmful_within_bound"], by_seed_search.get(seed)) if v is not None], default=None)
-                   for seed, n in zip(seeds, numbers)]
+    with_search = [max([v for v in (n["worst_harmful_within_bound"], by_seed_search[seed]) if v is not None], default=None)
+                   for seed, n in zip(seeds, numbers) if seed in by_seed_search]
     seconds = [json.loads((c.dir / "immunise.json").read_text())["seconds"] for c in immunised]
     defence = None if is_reference else next((c.spec.get("defence") for c in mine if c.kind == "immunise"), None)
     return Row(

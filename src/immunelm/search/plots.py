@@ -24,6 +24,9 @@ def plot_search_curves(records: dict[str, dict], path: Path) -> Path:
     if records:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from immunelm.io import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return Path(path)

@@ -131,10 +131,9 @@ class SearchSpace(Config):
                 lora[path.rsplit(".", 1)[1]] = value
             else:
                 _set(fields, path, value)
-        rank = lora.get("r", 0)
-        if rank:
-            fields.setdefault("train", {})["lora"] = {"r": int(rank), "alpha": 2 * int(rank),
-                                                      "target_modules": lora.get("target_modules", "all")}
+        rank = int(lora.pop("r", 0) or 0)
+        if rank:  # alpha = 2r unless searched (TamperBench's LoRA sweeps keep alpha/r fixed)
+            fields.setdefault("train", {})["lora"] = {"r": rank, "alpha": 2 * rank, "target_modules": "all", **lora}
         fields["seed"] = self.seed
         return fields
 
@@ -165,11 +164,26 @@ def load_space(name_or_path: str) -> SearchSpace:
     space = load_config(SearchSpace, base=raw, label=source)
     for kind in space.kinds:
         try:
-            build_attack(kind)
+            spec = build_attack(kind)
         except ImmuneLMError as exc:
             raise ImmuneLMError(f"{source}: kinds: {exc}") from exc
+        if not spec.trains or spec.family not in ("fine-tuning", "rl"):
+            raise ImmuneLMError(f"{source}: kinds: '{kind}' is a {spec.family} attack; the search samples fine-tuning "
+                                "and RL attacks (a step budget, a training config): evaluate the others with a suite")
         check_params(space, kind, source)
+        check_budget(space, kind, source)
     return space
+
+
+def check_budget(space: SearchSpace, kind: str, source: str) -> None:
+    """Every trial needs a step budget: train.max_steps set by the defaults or a parameter."""
+    # the first value of every parameter that applies, full fine-tuning (LoRA targets resolve per model)
+    first = {p.name: _extremes(p)[0] for p in space.params
+             if p.applies_to(kind) and p.requires is None and p.set != LORA_RANK}
+    adversary = make_adversary("check", kind, label=f"{source}: {kind}", **space.fields(kind, first))
+    if adversary.config.train.max_steps is None:
+        raise ImmuneLMError(f"{source}: {kind}: no train.max_steps; set it in defaults or search it as a parameter")
+
 
 
 def check_params(space: SearchSpace, kind: str, source: str) -> None:

@@ -27,10 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import warnings
+
 from immunelm.errors import ImmuneLMError, NonFiniteError
 from immunelm.search.space import LORA_TARGETS, SearchSpace
 
 COUNTED = ("COMPLETE", "RUNNING")
+# heartbeats and fail_stale_trials are "experimental" in Optuna (stable since 2.9): not the user's concern
+warnings.filterwarnings("ignore", message=".*(heartbeat_interval|fail_stale_trials).*experimental")
 
 
 def make_storage(storage: str):
@@ -43,23 +47,20 @@ def make_storage(storage: str):
         try:  # the heartbeat lets other workers fail a trial whose worker died
             return optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120)
         except Exception as exc:  # sqlalchemy / driver errors: one line naming the storage
-            from immunelm.api.search import safe_url
+            from immunelm.provenance import redact_secrets
 
-            raise ImmuneLMError(f"search storage '{safe_url(storage)}': cannot open the database "
-                                f"({type(exc).__name__}: {exc})") from exc
+            raise ImmuneLMError(redact_secrets(f"search storage '{storage}': cannot open the database "
+                                               f"({type(exc).__name__}: {exc})")) from exc
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(storage)))
-
-
-def constraint(trial) -> list[float]:
-    """Optuna constraint: utility drop - epsilon (<= 0 is feasible)."""
-    return [trial.user_attrs.get("constraint", 1.0)]
 
 
 def lora_targets(model, which: str) -> list[str] | str:
     """``all`` / ``attention`` / ``mlp`` as the model's own projection names."""
     if which == "all":
         return "all-linear"
+    if which not in ("attention", "mlp"):  # already module names (or peft's own 'all-linear')
+        return which
     from immunelm.models import ModelAdapter
 
     adapter = ModelAdapter(model)
@@ -118,6 +119,7 @@ def record(trial, *, harmful: float, utility: float | None, drop: float | None, 
                        "outcome": outcome, "feasible": slack <= 0, "constraint": slack, "seconds": seconds,
                        "note": note}.items():
         trial.set_user_attr(key, value)
+    trial.set_constraint("utility_drop_minus_epsilon", slack)  # TPE models feasible (<= 0) and infeasible trials apart
 
 
 def counted(study) -> int:
@@ -127,15 +129,21 @@ def counted(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
 
 
-def fail_dead_local_trials(study) -> None:
-    """A journal file has no heartbeat: fail RUNNING trials whose worker on this host is gone."""
+def fail_abandoned_trials(study, storage: str) -> None:
+    """Fail RUNNING trials whose worker is gone, before any worker starts (so a resumed study runs
+    its missing trials): on a database, those whose heartbeat expired; on a journal file (no
+    heartbeat), those whose worker process on this host no longer exists."""
+    import optuna
     from optuna.trial import TrialState
 
+    if "://" in storage:
+        optuna.storages.fail_stale_trials(study)
+        return
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
         if worker_host == host and pid.isdigit() and not _alive(int(pid)):
-            study.tell(t.number, state=TrialState.FAIL)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
 
 
 def _alive(pid: int) -> bool:
@@ -169,11 +177,10 @@ def work(job: WorkerJob) -> int:
     torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(job.storage)
-    sampler = optuna.samplers.TPESampler(seed=job.space.seed + job.worker, constraints_func=constraint,
-                                         n_startup_trials=min(10, max(1, job.trials // 5)))
-    study = optuna.load_study(study_name=job.study, storage=storage, sampler=sampler)
-    if "://" not in job.storage:
-        fail_dead_local_trials(study)
+    study = optuna.load_study(study_name=job.study, storage=storage)
+    # a resumed study reseeds past its trials: replaying the first draws would repeat trials 0..k
+    study.sampler = optuna.samplers.TPESampler(seed=job.space.seed + job.worker + 1000 * len(study.trials),
+                                               n_startup_trials=min(10, max(1, job.trials // 5)))
     target = job.build_target()
     ran, me = 0, f"{socket.gethostname()}:{os.getpid()}"
 
@@ -182,6 +189,8 @@ def work(job: WorkerJob) -> int:
         return run_trial(trial, job.space, target)
 
     while counted(study) < job.trials:
+        if "://" in job.storage:  # other machines' dead workers (their heartbeat expired)
+            optuna.storages.fail_stale_trials(study)
         study.optimize(objective, n_trials=1, catch=())
         ran += 1
     return ran
