@@ -130,6 +130,11 @@ def test_cli_dry_run_lists_cells_and_unknown_name_fails(tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 cached" not in result.output and "immunise 3" in result.output  # deep-align x 2 seeds + lox
     assert not (tmp_path / "lb").exists()
+    partial = runner.invoke(app, ["leaderboard", board(tmp_path), "--root", str(tmp_path / "lb"), "--report-only"])
+    assert partial.exit_code == 0, partial.output  # asked for a partial page: written, and it says so
+    saved = json.loads((tmp_path / "lb" / "tiny" / "leaderboard.json").read_text())
+    assert saved["complete"] is False and {c["status"] for c in saved["cells"]} == {"missing"}
+    assert "incomplete" in partial.output and not (tmp_path / "lb" / "cells").exists()
     bad = runner.invoke(app, ["leaderboard", "nope"])
     assert bad.exit_code != 0 and "unknown leaderboard 'nope'" in str(bad.exception)
 

@@ -26,6 +26,7 @@ def leaderboard(
     root: Path = typer.Option(Path("runs/leaderboard"), "--root", help="Cell cache and outputs (ROOT/cells, ROOT/<name>)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Cells in parallel processes (default: the file's)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list the cells (cached / to run); run nothing."),
+    report_only: bool = typer.Option(False, "--report-only", help="Write leaderboard.json/html from the cells already done (complete=false if some are missing); run nothing."),
 ) -> None:
     """Run a leaderboard; re-running it (or extending its seeds, suites or defences) runs only the
     cells whose results are missing."""
@@ -43,7 +44,10 @@ def leaderboard(
             out.print(f"  to run: {c.describe()}  [{c.key}]", highlight=False, markup=False)
         return
     record_run(root / lb.name, lb, lb.seeds[0])
-    report = run_leaderboard(lb, root, cells, workers)
+    report = run_leaderboard(lb, root, cells, workers, run=not report_only)
+    if not report.complete:
+        missing = sum(c.status != "cached" for c in report.cells)
+        out.print(f"  incomplete: {missing} of {len(report.cells)} cells not done; rows show the seeds that are", highlight=False)
     for row in report.rows:
         bounded = _f(row.worst_harmful_within_bound)
         if row.no_attack_within_bound:  # on some seed no attack kept utility: never a plain number

@@ -37,7 +37,9 @@ def validate_leaderboard(lb: LeaderboardConfig, root: Path) -> list[Cell]:
     return cells
 
 
-def run_leaderboard(lb: LeaderboardConfig, root: Path, cells: list[Cell] | None = None, workers: int | None = None) -> LeaderboardReport:
+def run_leaderboard(lb: LeaderboardConfig, root: Path, cells: list[Cell] | None = None, workers: int | None = None,
+                    run: bool = True) -> LeaderboardReport:
+    """``run=False``: only aggregate the cells already done (a partial leaderboard, complete=false)."""
     started = time.perf_counter()
     root = Path(root)
     cells = cells if cells is not None else validate_leaderboard(lb, root)
@@ -47,8 +49,9 @@ def run_leaderboard(lb: LeaderboardConfig, root: Path, cells: list[Cell] | None 
     trials = lb.search.trials
     status = {c.key: ("cached" if c.done(trials) else "missing") for c in cells}
     results: dict[str, dict] = {}
-    _prepare_shared_models(lb)
-    for phase in (["immunise"], ["evaluate", "search"]):
+    if run:
+        _prepare_shared_models(lb)
+    for phase in (["immunise"], ["evaluate", "search"]) if run else ():
         todo = [c for c in unique(cells) if c.kind in phase and status[c.key] == "missing"
                 and (c.needs is None or status.get(c.needs) in ("cached", "ran"))]
         results.update(_run(todo, lb, trials, workers))
@@ -62,7 +65,7 @@ def run_leaderboard(lb: LeaderboardConfig, root: Path, cells: list[Cell] | None 
 
     render_leaderboard(report, out)
     failed = [c for c in unique(cells) if status[c.key] in ("failed", "missing")]
-    if failed:
+    if failed and run:
         first = failed[0]
         why = results.get(first.key, {}).get("error") or "its immunise cell failed"
         raise ImmuneLMError(f"leaderboard '{lb.name}': {len(failed)} cell(s) not done, e.g. {first.describe()} "
