@@ -22,6 +22,11 @@ from immunelm.errors import ImmuneLMError
 # Numbers whose every value is meaningful, with the reason.
 UNBOUNDED_OK = {
     "ClassifierJudgeConfig.label": "a class id or label name of the user's classifier",
+    # a search range is the user's choice of any real (or integer) interval; the Param validator checks
+    # low < high (and low > 0 for log_uniform), and Config rejects nan/inf
+    "Param.uniform": "a search range over real values",
+    "Param.log_uniform": "a search range over positive real values (checked by Param)",
+    "Param.int_range": "a search range over integers",
 }
 BOUNDS = (at.Gt, at.Ge, at.Lt, at.Le, at.Interval)
 

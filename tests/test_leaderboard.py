@@ -24,7 +24,14 @@ SPACE = ("name: tiny\nkinds: [harmful_sft]\ndefaults: {examples: 4, train: {prog
          "params:\n  - {name: lr, log_uniform: [1.0e-4, 1.0e-2], set: train.lr}\n  - {name: max_steps, choice: [1, 2], set: train.max_steps}\n")
 
 
-def board(tmp_path, **changes) -> str:
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One organism cache and one cell root for the file: later tests reuse cells earlier ones ran
+    (the reference's evaluation), which is also what the cache is for."""
+    return tmp_path_factory.mktemp("leaderboard")
+
+
+def board(tmp_path, cache=None, **changes) -> str:
     (tmp_path / "suite.yaml").write_text(SUITE)
     (tmp_path / "space.yaml").write_text(SPACE)
     data = {"name": "tiny", "model": "organism:aligned",
@@ -33,7 +40,7 @@ def board(tmp_path, **changes) -> str:
             "evaluation": {"trainability": {"train": {"max_steps": 2, "progress": False}, "eval_at": [0, 2]},
                            "prefill_tokens": [], "generation": {"progress": False}},
             "search": {"space": str(tmp_path / "space.yaml"), "trials": 1},
-            "organism": ORGANISM, "cache_dir": str(tmp_path / "cache"), **changes}
+            "organism": ORGANISM, "cache_dir": str(cache or tmp_path / "cache"), **changes}
     path = tmp_path / "board.yaml"
     path.write_text(yaml.safe_dump(data))
     return str(path)
@@ -43,8 +50,11 @@ def statuses(report) -> dict:
     return {(c.kind, c.row, c.seed): c.status for c in report.cells}
 
 
-def test_leaderboard_caches_every_cell_and_extends_by_running_only_new_ones(tmp_path):
-    root = tmp_path / "lb"
+def test_leaderboard_caches_every_cell_and_extends_by_running_only_new_ones(tmp_path, shared):
+    root = shared / "lb"
+
+    def board(tmp_path, **changes):
+        return globals()["board"](tmp_path, shared / "cache", **changes)
     first = run_leaderboard(load_leaderboard(board(tmp_path)), root)
     assert first.complete and [r.name for r in first.rows] == ["aligned", "deep-align", "lox"]
     assert set(statuses(first).values()) == {"ran"}
@@ -65,9 +75,9 @@ def test_leaderboard_caches_every_cell_and_extends_by_running_only_new_ones(tmp_
     # the same cells under other row names (another leaderboard sharing the cache): nothing runs
     renamed = board(tmp_path, reference="undefended", defences=[{"name": "da", "defence": "deep-align",
                                                                  "config": {"train": {"max_steps": 2}}}, "lox"])
-    shared = run_leaderboard(load_leaderboard(renamed), root)
-    assert set(statuses(shared).values()) == {"cached"} and [r.name for r in shared.rows] == ["undefended", "da", "lox"]
-    assert shared.rows[1].worst_harmful == row.worst_harmful
+    reused = run_leaderboard(load_leaderboard(renamed), root)
+    assert set(statuses(reused).values()) == {"cached"} and [r.name for r in reused.rows] == ["undefended", "da", "lox"]
+    assert reused.rows[1].worst_harmful == row.worst_harmful
     # a changed defence config or suite is a new cell
     changed = validate_leaderboard(load_leaderboard(board(tmp_path, defences=[
         {"name": "deep-align", "config": {"train": {"max_steps": 3}}}])), root)
@@ -88,20 +98,22 @@ def test_leaderboard_caches_every_cell_and_extends_by_running_only_new_ones(tmp_
     assert lox.benign.n == 1
 
 
-def test_a_failed_cell_is_reported_and_rerun_later(tmp_path, monkeypatch):
+def test_a_failed_cell_is_reported_and_rerun_later(tmp_path, shared, monkeypatch):
     from immunelm.leaderboard import cells
 
     def broken(cell, lb, trials):
         raise RuntimeError("simulated crash")
     monkeypatch.setattr(cells, "_immunise", broken)
-    path, root = board(tmp_path, defences=["lox"], search={"trials": 0}), tmp_path / "lb"
+    # the shared root holds the reference's cell already; a LoX of its own rank is a new cell
+    path = board(tmp_path, shared / "cache", defences=[{"name": "lox", "config": {"rank": 3}}], search={"trials": 0})
+    root = shared / "lb"
     with pytest.raises(ImmuneLMError, match="not done.*simulated crash"):
         run_leaderboard(load_leaderboard(path), root)
     saved = json.loads((root / "tiny" / "leaderboard.json").read_text())
     assert saved["complete"] is False
     by_kind = {(c["kind"], c["row"]): c["status"] for c in saved["cells"]}
     assert by_kind[("immunise", "lox")] == "failed" and by_kind[("evaluate", "lox")] == "missing"
-    assert by_kind[("evaluate", "aligned")] == "ran"
+    assert by_kind[("evaluate", "aligned")] in ("ran", "cached")
     monkeypatch.undo()
     report = run_leaderboard(load_leaderboard(path), root)
     assert report.complete and statuses(report)[("immunise", "lox", 0)] == "ran"
