@@ -34,6 +34,30 @@ def test_benign_then_harmful_through_evaluate(tmp_path):
     assert adv.family == "fine-tuning" and adv.info["examples"] == 16
 
 
+def test_lora_phases_never_nest_adapters(tiny_llama, monkeypatch):
+    """With LoRA the harmful phase starts from the benign phase's adapter merged into the weights,
+    so the engine adds one adapter, never an adapter around an adapter model."""
+    from peft import LoraConfig, get_peft_model
+
+    from immunelm.attacks.base import AttackData, AttackResult, AttackRun
+    from immunelm.data import Example
+    from immunelm.models.adapters import is_peft_model
+
+    received = []
+
+    def fake_fine_tune(run, cfg, examples):
+        received.append(is_peft_model(run.model))
+        model = get_peft_model(run.model, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear"))
+        return AttackResult([{"step": p} for p in run.eval_at], 1.0, {"examples": len(examples)}, model=model)
+
+    monkeypatch.setattr(adaptive, "fine_tune", fake_fine_tune)
+    data = AttackData([Example.pair("h", "x", kind="harm")], [Example.pair("b", "y", kind="benign")])
+    run = AttackRun(tiny_llama(), None, data, [0, 4], score=None)
+    cfg = adaptive.BenignThenHarmfulConfig(examples=2, train={"max_steps": 4, "lora": {"r": 2, "alpha": 4}})
+    result = adaptive.benign_then_harmful(run, cfg)
+    assert received == [False, False] and is_peft_model(result.model)
+
+
 def test_benign_phase_comes_first_and_harmful_points_are_offset(monkeypatch):
     from immunelm.attacks.base import AttackData, AttackResult, AttackRun
     from immunelm.data import Example

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from immunelm.attacks.base import AttackResult, AttackRun, register_attack
 from immunelm.attacks.finetune import FineTuneAttackConfig, benign_examples, fine_tune, harmful_examples
+from immunelm.models.adapters import merged_full
 
 
 class BenignThenHarmfulConfig(FineTuneAttackConfig):
@@ -61,7 +62,10 @@ def benign_then_harmful(run: AttackRun, cfg: BenignThenHarmfulConfig) -> AttackR
     switch, total = cfg.split(), cfg.train.max_steps
     points = sorted(set(run.eval_at) | {switch})
     first = _phase(run, cfg, benign_examples(cfg, run.data), switch, 0, points)
-    run.model = first.model
+    # With LoRA the benign phase's adapter is merged before the harmful phase adds its own: the engine
+    # would otherwise wrap the adapter model in a second one (nested adapters). The optimiser state
+    # restarts at the switch either way (two engine runs).
+    run.model = merged_full(first.model)
     second = _phase(run, cfg, harmful_examples(cfg, run.data), total - switch, switch, points)
     # The switch point is scored by both phases (end of one, start of the other): keep it once.
     evaluations = first.evaluations + [e for e in second.evaluations if e["step"] > switch]
