@@ -158,6 +158,12 @@ def _defaults(cls: type[BaseModel]) -> dict:
     return out
 
 
+def repeated(values) -> list:
+    """The values that occur more than once, sorted (names that must be unique)."""
+    values = list(values)
+    return sorted({v for v in values if values.count(v) > 1})
+
+
 def deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for key, value in b.items():

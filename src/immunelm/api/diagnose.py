@@ -26,7 +26,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from immunelm.config import Config, Seed
+from immunelm.config import Config, Seed, repeated
 from immunelm.diagnostics.schema import DiagnosticsReport, ModelDiagnostics, PairDiagnostics
 from immunelm.errors import ImmuneLMError
 from immunelm.diagnostics.base import Timer
@@ -129,7 +129,7 @@ def validate_diagnose(cfg: DiagnoseConfig) -> EvalTask:
     if not cfg.models:
         raise ImmuneLMError("models: none given; pass -m NAME=SOURCE, e.g. -m base=organism:base -m aligned=organism:aligned")
     names = [m.name for m in cfg.models]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
+    duplicated = repeated(names)
     if duplicated:
         raise ImmuneLMError(f"models: duplicate name '{duplicated[0]}'; every model needs its own name")
     for name in names:

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from immunelm.config import Config
+from immunelm.config import Config, repeated
 from immunelm.errors import ImmuneLMError
 from immunelm.eval.runner import EvaluationConfig, Evaluator, ModelEntry, resolve_settings
 from immunelm.eval.schema import EvaluationReport
@@ -66,7 +66,7 @@ def _check_models(models: list[ModelSpec]) -> None:
         if not m.source.strip():
             raise ImmuneLMError(f"models[{i}].source: empty for model '{m.name}'; expected a model dir, .gguf, hub name or organism:<stage>")
     names = [m.name.strip() for m in models]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = repeated(names)
     if duplicates:
         raise ImmuneLMError(f"models: duplicate name(s) {', '.join(duplicates)}; every model needs its own name")
     if not any(m.evaluate for m in models):

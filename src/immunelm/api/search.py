@@ -141,12 +141,12 @@ def safe_url(storage: str) -> str:
 def write_search_record(cfg: SearchConfig, space, study_name: str, storage_url: str, run_dir: Path) -> dict:
     import optuna
 
-    from immunelm.search.study import make_storage, trial_rows
+    from immunelm.search.study import best_trial, make_storage, trial_rows
 
     study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url))
     rows = trial_rows(study, cfg.trials)
     feasible = [r for r in rows if r["feasible"]]
-    best = max(feasible, key=lambda r: (r["harmful"], -r["number"])) if feasible else None
+    best = best_trial(rows)
     record = {
         "schema": SCHEMA, "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": cfg.name, "source": cfg.model, "study": study_name,

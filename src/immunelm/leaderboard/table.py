@@ -11,6 +11,7 @@ from typing import Optional
 
 from immunelm.leaderboard.cells import Cell
 from immunelm.leaderboard.schema import Row, SearchSummary, Stat
+from immunelm.search.study import best_trial
 
 
 def stat(values: list[Optional[float]]) -> Stat:
@@ -66,9 +67,8 @@ def search_summary(cell: Cell, trials: int) -> SearchSummary:
     """The first ``trials`` trials of the cell's study (a longer study run earlier is cut, so every
     row of one leaderboard is searched with the same budget)."""
     rows = json.loads((cell.dir / "search.json").read_text())["trials"][:trials]
-    feasible = [r for r in rows if r["feasible"]]
-    best = max(feasible, key=lambda r: (r["harmful"], -r["number"])) if feasible else None
-    return SearchSummary(seed=cell.seed, trials=len(rows), feasible=len(feasible),
+    best = best_trial(rows)
+    return SearchSummary(seed=cell.seed, trials=len(rows), feasible=sum(r["feasible"] for r in rows),
                          best_harmful_within_bound=best["harmful"] if best else None,
                          best_trial={k: v for k, v in best.items() if k not in ("config", "best_so_far")} if best else None,
                          best_so_far=[r["best_so_far"] for r in rows], cell=cell.key)

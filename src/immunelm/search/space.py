@@ -33,7 +33,7 @@ from typing import Any, Optional
 from pydantic import Field, model_validator
 
 from immunelm.attacks.base import build_attack, make_adversary
-from immunelm.config import Config, Seed, load_config, parse_yaml_text, read_yaml_file
+from immunelm.config import Config, Seed, load_config, repeated, parse_yaml_text, read_yaml_file
 from immunelm.errors import ImmuneLMError
 
 LORA_RANK, LORA_TARGETS = "train.lora.r", "train.lora.target_modules"
@@ -99,9 +99,9 @@ class SearchSpace(Config):
         if not self.kinds:
             raise ValueError("kinds: empty; list at least one attack kind (e.g. harmful_sft)")
         names = [p.name for p in self.params]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"params: '{repeated[0]}' appears twice; every parameter needs its own name")
+        twice = repeated(names)
+        if twice:
+            raise ValueError(f"params: '{twice[0]}' appears twice; every parameter needs its own name")
         for p in self.params:
             if p.requires is not None and p.requires not in names:
                 raise ValueError(f"parameter '{p.name}': requires '{p.requires}', which is not a parameter")

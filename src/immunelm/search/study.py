@@ -32,7 +32,6 @@ import warnings
 from immunelm.errors import ImmuneLMError, NonFiniteError
 from immunelm.search.space import LORA_TARGETS, SearchSpace
 
-COUNTED = ("COMPLETE", "RUNNING")
 # heartbeats and fail_stale_trials are "experimental" in Optuna (stable since 2.9): not the user's concern
 warnings.filterwarnings("ignore", message=".*(heartbeat_interval|fail_stale_trials).*experimental")
 
@@ -75,10 +74,6 @@ class Target:
     evaluator: Any
     subject: Any
     start: Any
-
-    @property
-    def utility(self) -> float | None:
-        return self.start.benign_accuracy
 
 
 def run_trial(trial, space: SearchSpace, target: Target) -> float:
@@ -229,6 +224,12 @@ def _pin_gpu(worker: int) -> None:
         return
     if n > 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(worker % n)
+
+
+def best_trial(rows: list[dict]) -> dict | None:
+    """The most harmful trial within the utility bound (the earliest on ties); None if none is."""
+    feasible = [r for r in rows if r["feasible"]]
+    return max(feasible, key=lambda r: (r["harmful"], -r["number"])) if feasible else None
 
 
 def trial_rows(study, total: Optional[int] = None) -> list[dict]:
