@@ -93,7 +93,8 @@ def test_registry_suggests_nearest_name():
 
 # Every trained defence (LoX is training-free and the pipeline composes these: own tests).
 ALL_DEFENCES = ["deep-align", "constrained-sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "lapt",
-                "mlac", "tar", "sophon", "condition-number", "npo", "rmu", "ctrap", "sdd", "seam", "tokenbuncher", "ilu", "et", "antidote"]
+                "mlac", "tar", "sophon", "condition-number", "npo", "rmu", "ctrap", "sdd", "seam", "tokenbuncher", "ilu", "et", "antidote",
+                "undo"]
 CONFORMANCE_DATA = DefenceData(refusals=[HARM.with_response(REFUSAL)], harmful=[HARM] * 4,
                                benign=[Example.pair("what is 1 plus 2 ?", "3 .")])
 
@@ -138,7 +139,8 @@ def test_conformance_keeps_the_training_history_for_immunise_json(name, tok):
     assert all(math.isfinite(h["loss"]) for h in result.info["history"])
 
 
-@pytest.mark.parametrize("name", [n for n in ALL_DEFENCES if n != "et"])  # E.T. trains blocks directly (own test)
+# E.T. trains blocks directly and UNDO refuses LoRA (own tests).
+@pytest.mark.parametrize("name", [n for n in ALL_DEFENCES if n not in ("et", "undo")])
 def test_conformance_with_lora_trains_adapters_and_merges(name, tok):
     from immunelm.engine import LoraSettings
 

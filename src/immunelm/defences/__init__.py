@@ -5,7 +5,7 @@ from immunelm.defences.base import (
 )
 from immunelm.defences import (  # noqa: F401  (registration)
     antidote, booster, circuit_breakers, condition_number, constrained_sft, ctrap, deep_align, et, ilu, lapt, lox, mlac,
-    npo, pipeline, repnoise, rmu, sdd, seam, sophon, t_vaccine, tar, tokenbuncher, vaccine,
+    npo, pipeline, repnoise, rmu, sdd, seam, sophon, t_vaccine, tar, tokenbuncher, undo, vaccine,
 )
 
 __all__ = ["DefenceData", "Immunised", "apply_defence", "build_defence", "defence_names", "immunise", "merged", "register_defence"]
