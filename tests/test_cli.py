@@ -121,6 +121,7 @@ def test_every_registered_defence_runs_through_the_cli(tmp_path, cache):
     short = ["defence.train.max_steps=2", "defence.train.progress=false"]
     special = {
         "lox": ["defence.rank=2"],  # training-free: no engine settings
+        "undo": [*short, "defence.train.warmup_steps=0"],  # its default warm-up is longer than 2 steps
         "pipeline": ["defence.steps=[{defence: vaccine, config: {train: {max_steps: 2, progress: false}}}, {defence: lox}]"],
     }
     for name in defence_names():
