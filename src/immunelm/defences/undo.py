@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from transformers import AutoModelForCausalLM
 
-from immunelm.config import Config
+from immunelm.config import Config, Seed
 from immunelm.data import PaddingCollator
 from immunelm.defences.base import DefenceData, alignment_rows, register_defence, trained
 from immunelm.engine import StepContext, TrainConfig, train
@@ -44,7 +44,7 @@ class UNDOConfig(Config):
     alpha: float = Field(1.0, ge=0, le=1, description="Interpolation towards a fresh initialisation (paper's alpha; 1 = random student).")
     beta: float = Field(1.0, gt=0, description="Scale of the fresh initialisation mixed in (paper's beta).")
     temperature: float = Field(1.0, gt=0, description="Softmax temperature of teacher and student in the KL (loss scaled by tau^2).")
-    init_seed: int = Field(0, description="Seed of the fresh initialisation (apart from the engine's data seed).")
+    init_seed: Seed = Field(0, description="Seed of the fresh initialisation (apart from the engine's data seed).")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(lr=3e-3, batch_size=64, max_steps=600, schedule="cosine", warmup_steps=30,
                                             log_every=50),
