@@ -90,3 +90,16 @@ def test_undo_at_alpha_zero_is_self_distillation_and_keeps_the_model(tok):
 def test_undo_refuses_lora():
     with pytest.raises(ValueError, match="LoRA on frozen noised weights"):
         UNDOConfig(train=TrainConfig(max_steps=3, lora=LoraSettings(r=2, alpha=4)))
+
+
+def test_each_training_seed_draws_its_own_noise(tok):
+    """init seed = train.seed + init_seed: two leaderboard seeds do not share one fresh initialisation."""
+    def student(seed: int):
+        cfg = UNDOConfig(alpha=1.0, train=TrainConfig(max_steps=1, batch_size=2, lr=1e-12, optimizer="sgd", seed=seed,
+                                                      progress=False))
+        return params(apply_defence("undo", fresh_model("llama", tok), tok, CONFORMANCE_DATA, cfg).model)
+
+    weight = "model.layers.0.mlp.up_proj.weight"
+    expected = fresh_initialisation(fresh_model("llama", tok), seed=1)[weight]
+    torch.testing.assert_close(student(1)[weight], expected)  # lr 1e-12: the step leaves the noised start
+    assert not torch.allclose(student(2)[weight], expected)

@@ -11,7 +11,8 @@ re-initialised, to trade compute for robustness:
     L(theta_student) = tau^2 * sum_t KL( p_teacher(. | x_<t; tau) || p_student(. | x_<t; tau) ) / #tokens
 
 ``theta_init`` is a fresh initialisation of the same architecture (the model's own
-``initializer_range``), seeded; ``alpha = 1, beta = 1`` is distillation into a random student
+``initializer_range``), seeded by ``train.seed + init_seed`` (a leaderboard's seeds draw
+different noise); ``alpha = 1, beta = 1`` is distillation into a random student
 (the paper's strongest setting, close to retraining on filtered data); ``alpha = 0`` is
 self-distillation and changes nothing. The KL is forward (teacher-weighted) over every
 non-padding next-token position of D_align (refusals + benign pairs), prompts included (the
@@ -44,7 +45,8 @@ class UNDOConfig(Config):
     alpha: float = Field(1.0, ge=0, le=1, description="Interpolation towards a fresh initialisation (paper's alpha; 1 = random student).")
     beta: float = Field(1.0, gt=0, description="Scale of the fresh initialisation mixed in (paper's beta).")
     temperature: float = Field(1.0, gt=0, description="Softmax temperature of teacher and student in the KL (loss scaled by tau^2).")
-    init_seed: Seed = Field(0, description="Seed of the fresh initialisation (apart from the engine's data seed).")
+    init_seed: Seed = Field(0, description="Offset of the fresh initialisation's seed from train.seed (init seed = "
+                                           "train.seed + init_seed: each training seed draws its own noise).")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(lr=3e-3, batch_size=64, max_steps=600, schedule="cosine", warmup_steps=30,
                                             log_every=50),
@@ -108,7 +110,7 @@ class DistillStep:
 @register_defence("undo", UNDOConfig, paper=UNDO_PAPER)
 def undo(model, tokenizer, data: DefenceData, cfg: UNDOConfig):
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    noise_weights(model, fresh_initialisation(model, cfg.init_seed), cfg.alpha, cfg.beta)
+    noise_weights(model, fresh_initialisation(model, cfg.train.seed + cfg.init_seed), cfg.alpha, cfg.beta)
     return trained(train(cfg.train, model, alignment_rows(tokenizer, data), PaddingCollator.for_tokenizer(tokenizer),
                          step_fn=DistillStep(teacher, cfg.temperature), description="undo"),
                    alpha=cfg.alpha, beta=cfg.beta)
