@@ -36,7 +36,7 @@ from immunelm.defences.base import DefenceData, register_defence, trained
 from immunelm.defences.hypernetwork import LoRAHypernetwork, patched, recorded_inputs, target_shapes
 from immunelm.models.reference import OriginalModel
 from immunelm.defences.unlearning import sequence_logprob
-from immunelm.engine import StepContext, TrainConfig, response_token_loss, train
+from immunelm.engine import StepContext, TrainConfig, mean_token_kl, response_token_loss, train
 from immunelm.engine.sampling import BatchOrder
 from immunelm.errors import ImmuneLMError
 from immunelm.models import ModelAdapter
@@ -67,11 +67,7 @@ def preference_loss(preferred: torch.Tensor, other: torch.Tensor) -> torch.Tenso
 
 def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean over answer positions of KL(softmax(logits) || softmax(ref_logits))."""
-    mask = labels[:, 1:] != -100
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    ref = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
-    kl = (logp.exp() * (logp - ref)).sum(dim=-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return mean_token_kl(logits[:, :-1], ref_logits[:, :-1], labels[:, 1:] != -100)
 
 
 def preference_pairs(tokenizer, data: DefenceData) -> list[tuple[dict, dict]]:

@@ -29,14 +29,13 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 from transformers import AutoModelForCausalLM
 
 from immunelm.config import Config, Seed
 from immunelm.data import PaddingCollator
 from immunelm.defences.base import DefenceData, alignment_rows, register_defence, trained
-from immunelm.engine import StepContext, TrainConfig, train
+from immunelm.engine import StepContext, TrainConfig, mean_token_kl, train
 
 UNDO_PAPER = "https://arxiv.org/abs/2506.06278"
 
@@ -82,11 +81,7 @@ def noise_weights(model, init: dict[str, torch.Tensor], alpha: float, beta: floa
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
                     temperature: float = 1.0) -> torch.Tensor:
     """tau^2 * mean over positions with ``mask`` of KL(p_teacher || p_student) at temperature tau."""
-    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    per_position = (teacher.exp() * (teacher - student)).sum(dim=-1)
-    weights = mask.to(per_position.dtype)
-    return temperature ** 2 * (per_position * weights).sum() / weights.sum().clamp(min=1)
+    return mean_token_kl(teacher_logits, student_logits, mask, temperature)
 
 
 class DistillStep:

@@ -2,9 +2,9 @@
 
 from immunelm.engine.config import LoraSettings, TrainConfig
 from immunelm.engine.engine import Engine, TrainResult, seed_everything, train
-from immunelm.engine.steps import CausalLMStep, StepContext, TrainStep, causal_lm_loss, label_logprobs, response_token_loss
+from immunelm.engine.steps import CausalLMStep, StepContext, TrainStep, causal_lm_loss, label_logprobs, mean_token_kl, response_token_loss
 
 __all__ = [
     "Engine", "TrainConfig", "LoraSettings", "TrainResult", "train", "seed_everything",
-    "CausalLMStep", "StepContext", "TrainStep", "causal_lm_loss", "label_logprobs", "response_token_loss",
+    "CausalLMStep", "StepContext", "TrainStep", "causal_lm_loss", "label_logprobs", "mean_token_kl", "response_token_loss",
 ]

@@ -68,6 +68,16 @@ def label_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
     return picked * mask, mask
 
 
+def mean_token_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """tau^2 * mean over positions where ``mask`` of KL(softmax(p / tau) || softmax(q / tau)); logits (B, T, V),
+    mask (B, T). AntiDote's drift penalty (tau 1) and UNDO's distillation loss."""
+    logp = F.log_softmax(p_logits.float() / temperature, dim=-1)
+    logq = F.log_softmax(q_logits.float() / temperature, dim=-1)
+    per_position = (logp.exp() * (logp - logq)).sum(dim=-1)
+    weights = mask.to(per_position.dtype)
+    return temperature ** 2 * (per_position * weights).sum() / weights.sum().clamp(min=1)
+
+
 def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Forward ``batch`` through ``model`` and return its response-token cross-entropy."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
