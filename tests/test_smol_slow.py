@@ -181,3 +181,19 @@ def test_leaderboard_runs_on_smollm2(tmp_path):
     lox = report["rows"][1]
     assert lox["benign"]["mean"] is not None and lox["worst_harmful"]["n"] == 1
     assert (tmp_path / "lb" / "smol-tiny" / "leaderboard.html").is_file()
+
+
+@pytest.mark.slow
+@needs_extras
+def test_undo_runs_on_smollm2(tmp_path):
+    """UNDO on the real model: the preset's noise and distillation (2 steps) with SmolLM2's own tokenizer and tied
+    embeddings; the distillation KL is finite and the saved model is plain safetensors weights."""
+    out = tmp_path / "undo"
+    result = CliRunner().invoke(app, ["immunise", "undo", "--config", "configs/presets/smol/undo.yaml", "--run-dir", str(out),
+                                      "defence.train.max_steps=2", "defence.train.warmup_steps=0",
+                                      "defence.train.log_every=1", "defence.train.progress=false"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "immunise.json").read_text())
+    kl = [h["kl"] for h in record["info"]["history"]]
+    assert len(kl) == 2 and all(0 < k < 100 for k in kl)  # alpha 0.1 moves the student away from the teacher
+    assert (out / "model" / "model.safetensors").is_file()
