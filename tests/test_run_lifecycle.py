@@ -359,6 +359,32 @@ def test_a_crash_between_the_two_renames_never_loses_the_directory(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
 
 
+def test_parallel_builders_of_one_cache_entry_build_it_once(tmp_path):
+    """Leaderboard cells and search workers reach one build-once cache (the organism) together:
+    under ``build_lock`` the first builds and the others find it built (CI once raced two
+    renames onto the organism's stage directory: "Directory not empty")."""
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from immunelm.io import atomic_dir, build_lock
+        target, log = Path({str(tmp_path / "stage")!r}), Path({str(tmp_path / "built.log")!r})
+        with build_lock(target):
+            if not (target / "done").is_file():
+                time.sleep(1.0)  # a slow build: without the lock every process would start one
+                with atomic_dir(target) as tmp:
+                    (tmp / "done").write_text(str(os.getpid()))
+                with open(log, "a") as f:
+                    f.write(f"{{os.getpid()}}\\n")
+        assert (target / "done").is_file()
+    """)
+    env = {**os.environ, "PYTHONPATH": SRC}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert len((tmp_path / "built.log").read_text().split()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".stage.lock", "built.log", "stage"]
+
+
 def test_atomic_path_replaces_only_on_success(tmp_path):
     target = tmp_path / "a.json"
     write_json_atomic(target, [1])

@@ -185,6 +185,33 @@ def _swap_in(tmp: Path, target: Path) -> None:
 
 
 @contextmanager
+def build_lock(target: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock for building the cache entry ``target`` (a lock file beside it).
+
+    Build-once caches (the organism, a GGUF conversion) are reached by parallel processes (the
+    leaderboard's cells, the search's workers): the first builds, the others wait and then find
+    it built, instead of racing two renames onto one name. Callers re-check "built?" inside.
+    Where ``fcntl`` is missing (Windows) there is no lock and concurrent builds must be avoided.
+    """
+    target = Path(target)
+    lock_path = ensure_dir(target.parent) / f".{target.name}.lock"
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o666)
+    except OSError as exc:
+        raise ImmuneLMError(f"{lock_path}: cannot open lock file ({exc.strerror or exc})") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it into place when complete.
 

@@ -26,7 +26,7 @@ from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from immunelm.errors import ImmuneLMError
-from immunelm.io import atomic_dir, write_json_atomic
+from immunelm.io import atomic_dir, build_lock, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,13 @@ def convert_gguf(gguf_path: Path, cache_dir: str | os.PathLike | None, dtype: to
     target = gguf_cache_dir(gguf_path, cache_dir, dtype)
     if (target / GGUF_MARKER).is_file():
         return target
+    with build_lock(target):  # parallel cells/workers: one converts, the rest wait for it
+        if not (target / GGUF_MARKER).is_file():
+            _convert_gguf_into(gguf_path, target, dtype)
+    return target
+
+
+def _convert_gguf_into(gguf_path: Path, target: Path, dtype: torch.dtype) -> None:
     try:
         import gguf  # noqa: F401  (transformers needs it to read GGUF)
     except ImportError:
@@ -145,7 +152,6 @@ def convert_gguf(gguf_path: Path, cache_dir: str | os.PathLike | None, dtype: to
     with atomic_dir(target) as tmp:
         _save_pretrained(model, tokenizer, tmp)
         write_json_atomic(tmp / GGUF_MARKER, {"gguf": str(gguf_path.resolve()), "dtype": str(dtype)})
-    return target
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:

@@ -28,7 +28,7 @@ from immunelm.config import Config, Seed
 from immunelm.data import PaddingCollator, encode_example
 from immunelm.engine import TrainConfig, train
 from immunelm.errors import ImmuneLMError
-from immunelm.io import atomic_dir, write_json_atomic
+from immunelm.io import atomic_dir, build_lock, write_json_atomic
 from immunelm.provenance import provenance
 from immunelm.world import corpus
 from immunelm.world.spec import World, WorldConfig, generate_world
@@ -142,7 +142,14 @@ class Organism:
         return all((self.stage_dir(s) / "build.json").is_file() for s in stages)
 
     def build(self, force: bool = False) -> dict:
-        """Build base and aligned unless cached; returns per-stage timings and losses."""
+        """Build base and aligned unless cached; returns per-stage timings and losses.
+
+        Parallel processes (leaderboard cells, search workers) share one cache: the first
+        builds under a lock and the others then read what it built."""
+        with build_lock(self.stage_dir("aligned")):
+            return self._build_locked(force)
+
+    def _build_locked(self, force: bool) -> dict:
         tokenizer = build_tokenizer(self.world)
         info: dict = {}
         base_model = None
