@@ -2,6 +2,7 @@
 two worker processes sharing one study, and the CLI."""
 
 import json
+import os
 
 import optuna
 import pytest
@@ -198,10 +199,12 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_and_replaced(tmp_path):
 
     orphan = study.ask()
     orphan.set_user_attr("worker", f"{socket.gethostname()}:999999999")  # no such process
+    moved = study.ask()  # a study killed on another machine and resumed here
+    moved.set_user_attr("worker", f"another-{socket.gethostname()}:{os.getpid()}")
     resumed = run_search(cfg.model_copy(update={"trials": 2}), tmp_path / "run")
     assert resumed["complete"] and resumed["n_complete"] == 2
     states = {t.number: t.state.name for t in study.get_trials()}
-    assert states[orphan.number] == "FAIL"
+    assert states[orphan.number] == states[moved.number] == "FAIL"
 
 
 def test_database_storage_path_works_with_sqlite_and_a_dead_server_fails_first(tmp_path):

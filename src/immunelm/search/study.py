@@ -127,7 +127,9 @@ def counted(study) -> int:
 def fail_abandoned_trials(study, storage: str) -> None:
     """Fail RUNNING trials whose worker is gone, before any worker starts (so a resumed study runs
     its missing trials): on a database, those whose heartbeat expired; on a journal file (no
-    heartbeat), those whose worker process on this host no longer exists."""
+    heartbeat), those whose worker process on this host no longer exists and those of any other
+    host: a journal file is one machine's study (across machines the docs prescribe a database),
+    so another host's RUNNING trial is one of a study copied here after its run was killed."""
     import optuna
     from optuna.trial import TrialState
 
@@ -137,7 +139,7 @@ def fail_abandoned_trials(study, storage: str) -> None:
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+        if worker_host != host or not pid.isdigit() or not _alive(int(pid)):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
 
 
