@@ -13,7 +13,7 @@ from immunelm.cli.common import resolve_config
 from immunelm.cli.main import app
 from immunelm.errors import ImmuneLMError, NonFiniteError
 from immunelm.search.space import load_space
-from immunelm.search.study import lora_targets, record, run_trial, trial_rows
+from immunelm.search.study import lora_targets, machine_id, record, run_trial, trial_rows
 
 TINY = ["organism.world.entities_per_harm_domain=6", "organism.world.n_countries=4", "organism.world.n_animals=4",
         "organism.world.n_words=4", "organism.pretrain.max_steps=8", "organism.pretrain.warmup_steps=2",
@@ -178,6 +178,13 @@ def test_cli_search_runs_and_bad_input_is_one_line(tmp_path):
     db = runner.invoke(app, ["search", "--storage", "postgresql://u:secret@localhost/db", "--run-dir", str(tmp_path / "y")])
     assert db.exit_code != 0 and "--study" in str(db.exception) and "secret" not in str(db.exception)
     assert not (tmp_path / "y").exists()
+    # a bare --resume continues the recorded search (its model, space, task), with more trials here
+    more = runner.invoke(app, ["search", "--resume", "--run-dir", str(tmp_path / "s"), "--trials", "2"])
+    assert more.exit_code == 0, more.output
+    record = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert record["n_complete"] == 2 and len(record["trials"]) == 2
+    other = runner.invoke(app, ["search", "organism:base", "--resume", "--run-dir", str(tmp_path / "s")])
+    assert other.exit_code != 0 and "--resume continues the search recorded there" in str(other.exception)
 
 
 def test_database_passwords_never_reach_results(monkeypatch):
@@ -198,9 +205,9 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_and_replaced(tmp_path):
     import socket
 
     orphan = study.ask()
-    orphan.set_user_attr("worker", f"{socket.gethostname()}:999999999")  # no such process
-    moved = study.ask()  # a study killed on another machine and resumed here
-    moved.set_user_attr("worker", f"another-{socket.gethostname()}:{os.getpid()}")
+    orphan.set_user_attr("worker", f"{machine_id()}:999999999")  # no such process
+    moved = study.ask()  # killed on another machine of the same host name, resumed here: its pid is alive here
+    moved.set_user_attr("worker", f"{socket.gethostname()}@0therb00t:{os.getpid()}")
     resumed = run_search(cfg.model_copy(update={"trials": 2}), tmp_path / "run")
     assert resumed["complete"] and resumed["n_complete"] == 2
     states = {t.number: t.state.name for t in study.get_trials()}

@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from immunelm.api.search import SearchConfig, run_search, safe_url, validate_search
-from immunelm.config import load_config
+from immunelm.api.search import SearchConfig, fingerprint, run_search, safe_url, validate_search
+from immunelm.config import load_config, read_yaml_file
+from immunelm.errors import ImmuneLMError
 from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, OVERWRITE_OPTION, RUN_DIR_OPTION, console, out, resolve_config, start_run
 
 
@@ -30,12 +31,15 @@ def search(
 ) -> None:
     """Optuna (TPE) search over the attacker's hyper-parameters: the most harmful attack whose
     utility drop stays within epsilon (TamperBench's bounded worst case)."""
-    cfg = resolve_config(SearchConfig, config, overrides)
+    recorded = recorded_search(run_dir, storage) if resume else None
+    cfg = load_config(SearchConfig, config, overrides or [], base=recorded)
     flags = {"model": model, "name": name, "space": space, "trials": trials, "workers": workers, "storage": storage,
              "study": study, "first_worker": first_worker}
     cfg = load_config(SearchConfig, base={**cfg.model_dump(), **{k: v for k, v in flags.items() if v is not None}},
                       label="search options")
     space_cfg = validate_search(cfg)
+    if recorded is not None:
+        check_same_search(run_dir, SearchConfig.model_validate(recorded), cfg, space_cfg)
     recorded = cfg.model_copy(update={"storage": safe_url(cfg.storage) if cfg.storage else None})  # no password on disk
     path = start_run("search", run_dir, recorded, space_cfg.seed, resume=resume, overwrite=overwrite, resumable=True)
     record = run_search(cfg, path, space_cfg)
@@ -44,3 +48,29 @@ def search(
               + (f"best harmful {best['harmful']:.3f} by trial {best['number']} ({best['kind']}, utility {best['utility']:.3f}, "
                  f"{best['outcome']})" if best else "no trial stayed within the utility bound"), highlight=False)
     console.print(f"results: {path / 'search.json'}")
+
+
+def recorded_search(run_dir: Optional[Path], storage: Optional[str]) -> Optional[dict]:
+    """``--resume`` continues the search recorded in RUN_DIR: its config.yaml is the base that the
+    command line's options change (e.g. more --workers or --trials), so a bare
+    ``immunelm search --resume --run-dir D`` never starts a different study in D."""
+    path = run_dir / "config.yaml" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    recorded = read_yaml_file(path, "recorded search config")
+    if not isinstance(recorded, dict):
+        raise ImmuneLMError(f"{path}: expected the mapping of a search's config fields")
+    if recorded.get("storage") and "***" in str(recorded["storage"]) and storage is None:
+        raise ImmuneLMError(f"{path}: the search's database URL was recorded without its password; "
+                            "pass --storage again to resume it")
+    return recorded
+
+
+def check_same_search(run_dir: Path, before: SearchConfig, now: SearchConfig, space) -> None:
+    """Refuse a resume that would attack another model, space or task than the recorded search."""
+    from immunelm.search.space import load_space
+
+    if fingerprint(before, load_space(before.space)) != fingerprint(now, space):
+        raise ImmuneLMError(f"{run_dir}: --resume continues the search recorded there ({before.name} on {before.model}, "
+                            f"space {before.space}); this command changes its model, space or task: "
+                            "drop those options or use another --run-dir")

@@ -124,6 +124,16 @@ def counted(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
 
 
+def machine_id() -> str:
+    """``host@boot``: virtual machines often share one host name ("vm"), and process ids repeat
+    across machines and boots, so a trial's worker is this host name plus the kernel's boot id."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = "noboot"
+    return f"{socket.gethostname()}@{boot}"
+
+
 def fail_abandoned_trials(study, storage: str) -> None:
     """Fail RUNNING trials whose worker is gone, before any worker starts (so a resumed study runs
     its missing trials): on a database, those whose heartbeat expired; on a journal file (no
@@ -136,7 +146,7 @@ def fail_abandoned_trials(study, storage: str) -> None:
     if "://" in storage:
         optuna.storages.fail_stale_trials(study)
         return
-    host = socket.gethostname()
+    host = machine_id()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
         if worker_host != host or not pid.isdigit() or not _alive(int(pid)):
@@ -179,7 +189,7 @@ def work(job: WorkerJob) -> int:
     study.sampler = optuna.samplers.TPESampler(seed=job.space.seed + job.worker + 1000 * len(study.trials),
                                                n_startup_trials=min(10, max(1, job.trials // 5)))
     target = job.build_target()
-    ran, me = 0, f"{socket.gethostname()}:{os.getpid()}"
+    ran, me = 0, f"{machine_id()}:{os.getpid()}"
 
     def objective(trial) -> float:
         trial.set_user_attr("worker", me)
