@@ -179,7 +179,7 @@ def test_cli_search_runs_and_bad_input_is_one_line(tmp_path):
     assert db.exit_code != 0 and "--study" in str(db.exception) and "secret" not in str(db.exception)
     assert not (tmp_path / "y").exists()
     # a bare --resume continues the recorded search (its model, space, task), with more trials here
-    more = runner.invoke(app, ["search", "--resume", "--run-dir", str(tmp_path / "s"), "--trials", "2"])
+    more = runner.invoke(app, ["search", "--resume", "--run-dir", str(tmp_path / "s"), "--trials", "2", "threads=1"])
     assert more.exit_code == 0, more.output
     record = json.loads((tmp_path / "s" / "search.json").read_text())
     assert record["n_complete"] == 2 and len(record["trials"]) == 2

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +32,8 @@ def search(
 ) -> None:
     """Optuna (TPE) search over the attacker's hyper-parameters: the most harmful attack whose
     utility drop stays within epsilon (TamperBench's bounded worst case)."""
+    if model and re.match(r"^[A-Za-z_][\w.]*=", model) and not Path(model).exists():
+        overrides, model = [model, *(overrides or [])], None  # `search --resume threads=1`: an override, not a model
     recorded = recorded_search(run_dir, storage) if resume else None
     cfg = load_config(SearchConfig, config, overrides or [], base=recorded)
     flags = {"model": model, "name": name, "space": space, "trials": trials, "workers": workers, "storage": storage,
