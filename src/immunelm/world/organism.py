@@ -146,10 +146,12 @@ class Organism:
 
         Parallel processes (leaderboard cells, search workers) share one cache: the first
         builds under a lock and the others then read what it built."""
+        if not force and self.is_built():
+            return self._build_stages(force)  # nothing to write: no lock (the cache may be read-only)
         with build_lock(self.stage_dir("aligned")):
-            return self._build_locked(force)
+            return self._build_stages(force)
 
-    def _build_locked(self, force: bool) -> dict:
+    def _build_stages(self, force: bool) -> dict:
         tokenizer = build_tokenizer(self.world)
         info: dict = {}
         base_model = None
