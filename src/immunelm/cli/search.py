@@ -43,8 +43,8 @@ def search(
     space_cfg = validate_search(cfg)
     if recorded is not None:
         check_same_search(run_dir, SearchConfig.model_validate(recorded), cfg, space_cfg)
-    recorded = cfg.model_copy(update={"storage": safe_url(cfg.storage) if cfg.storage else None})  # no password on disk
-    path = start_run("search", run_dir, recorded, space_cfg.seed, resume=resume, overwrite=overwrite, resumable=True)
+    on_disk = cfg.model_copy(update={"storage": safe_url(cfg.storage) if cfg.storage else None})  # no password on disk
+    path = start_run("search", run_dir, on_disk, space_cfg.seed, resume=resume, overwrite=overwrite, resumable=True)
     record = run_search(cfg, path, space_cfg)
     best = record["best"]
     out.print(f"{record['n_complete']} trials ({record['n_feasible']} within the utility bound, epsilon {space_cfg.epsilon}); "
