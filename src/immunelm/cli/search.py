@@ -12,7 +12,7 @@ import typer
 from immunelm.api.search import SearchConfig, fingerprint, run_search, safe_url, validate_search
 from immunelm.config import load_config, read_yaml_file
 from immunelm.errors import ImmuneLMError
-from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, OVERWRITE_OPTION, RUN_DIR_OPTION, console, out, resolve_config, start_run
+from immunelm.cli.common import CONFIG_OPTION, OVERRIDES_ARG, OVERWRITE_OPTION, RUN_DIR_OPTION, console, out, start_run
 
 
 def search(
