@@ -39,7 +39,8 @@ def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.immunelm-{_host()}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -65,7 +66,7 @@ def clean_stale(directory: Path) -> None:
         return
     for name in names:
         match = _TMP.match(name)
-        if match and match["host"] == _host() and not _alive(int(match["pid"])):
+        if match and match["host"] == _host() and not process_alive(int(match["pid"])):
             remove(directory / name)
 
 

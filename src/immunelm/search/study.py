@@ -30,6 +30,7 @@ from typing import Any, Optional
 import warnings
 
 from immunelm.errors import ImmuneLMError, NonFiniteError
+from immunelm.io import process_alive
 from immunelm.search.space import LORA_TARGETS, SearchSpace
 
 # heartbeats and fail_stale_trials are "experimental" in Optuna (stable since 2.9): not the user's concern
@@ -149,18 +150,8 @@ def fail_abandoned_trials(study, storage: str) -> None:
     host = machine_id()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host != host or not pid.isdigit() or not _alive(int(pid)):
+        if worker_host != host or not pid.isdigit() or not process_alive(int(pid)):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
