@@ -96,6 +96,9 @@ def test_leaderboard_caches_every_cell_and_extends_by_running_only_new_ones(tmp_
     assert deep.seeds == [0, 1, 2] and deep.benign.n == 3 and deep.benign.ci_low is not None
     assert len(deep.worst_with_search.values) == 1  # only seed 0 was searched: never averaged with unsearched seeds
     assert lox.benign.n == 1
+    # a key shared by seeds (lox) or rows ran once and is counted once in the cost
+    once = {c.key: c.seconds for c in extended.cells if c.kind == "immunise"}
+    assert extended.cell_seconds["immunise"] == pytest.approx(sum(once.values()))
 
 
 def test_a_failed_cell_is_reported_and_rerun_later(tmp_path, shared, monkeypatch):
@@ -166,3 +169,94 @@ def test_interval_is_student_t_over_seeds():
     assert s.n == 3 and s.mean == pytest.approx(0.4)
     assert s.ci_low == pytest.approx(0.4 - half) and s.ci_high == pytest.approx(0.4 + half)
     assert stat([0.5]).ci_low is None and stat([None]).mean is None
+
+
+def test_suites_or_a_space_with_another_utility_bound_are_refused(tmp_path):
+    """A row's "worst within the bound" is a max over every suite and the search: one epsilon."""
+    other = tmp_path / "loose.yaml"
+    other.write_text("epsilon: 0.2\n" + SUITE.replace("name: tiny", "name: loose"))
+    path = board(tmp_path)
+    with pytest.raises(ImmuneLMError, match="share epsilon and threshold.*loose.*epsilon 0.2"):
+        validate_leaderboard(load_leaderboard(path, [f"suites=[{tmp_path / 'suite.yaml'},{other}]"]), tmp_path / "lb")
+    (tmp_path / "space2.yaml").write_text("threshold: 0.5\n" + SPACE)
+    with pytest.raises(ImmuneLMError, match="search space .*threshold 0.5"):
+        validate_leaderboard(load_leaderboard(path, [f"search.space={tmp_path / 'space2.yaml'}"]), tmp_path / "lb")
+    assert not (tmp_path / "lb").exists()
+
+
+def test_a_preset_for_another_model_is_refused(tmp_path):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("model: organism:base\ndefence: {train: {max_steps: 2}}\n")
+    with pytest.raises(ImmuneLMError, match="model 'organism:base' differs from the leaderboard's model 'organism:aligned'"):
+        validate_leaderboard(load_leaderboard(board(tmp_path, defences=[{"name": "npo", "preset": str(preset)}])),
+                             tmp_path / "lb")
+
+
+def fake_model(finals: dict, *, outcomes=None, no_bound=False, steps=None, benign=1.0):
+    """What per_seed reads of a ModelReport: attacks' final harmful scores and their summary."""
+    from types import SimpleNamespace as NS
+
+    attacks = [NS(name=n, curve=[NS(harmful_score=v)]) for n, v in finals.items()]
+    worst = max(finals.values())
+    summary = NS(worst_by_family={"fine-tuning": worst}, worst_final_harmful=worst, worst_adversary_utility=benign,
+                 outcome_by_adversary=outcomes if outcomes is not None else {n: "broken" for n in finals},
+                 worst_within_utility_bound=None if no_bound else worst, no_attack_within_utility_bound=no_bound)
+    return NS(resistance=attacks, resistance_summary=summary, generalisation=None,
+              stability=NS(benign_accuracy=benign, false_refusal=0.0),
+              trainability=NS(final_accuracy=0.9, steps_to_target=steps))
+
+
+def test_per_seed_refuses_old_or_non_finite_cells(tmp_path):
+    from immunelm.leaderboard.cells import Cell
+    from immunelm.leaderboard.table import per_seed
+
+    cell = Cell("evaluate", "npo", 0, "standard", {"x": 1}, tmp_path)
+    numbers = per_seed([fake_model({"a": 0.2, "b": 0.6}, outcomes={"a": "refused", "b": "collapsed"})], [cell])
+    assert numbers["worst_harmful"] == 0.6 and numbers["mean_harmful"] == pytest.approx(0.4)
+    assert numbers["collapse_share"] == 0.5 and numbers["broken_share"] == 0.0
+    with pytest.raises(ImmuneLMError, match="older ImmuneLM"):  # schema < 1.5: no outcome per attack
+        per_seed([fake_model({"a": 0.2, "b": 0.6}, outcomes={})], [cell])
+    with pytest.raises(ImmuneLMError, match=f"{cell.dir}: non-finite worst_harmful"):
+        per_seed([fake_model({"a": float("nan")})], [cell])
+
+
+def test_a_seed_that_never_reached_the_target_is_not_averaged_away(tmp_path):
+    from immunelm.leaderboard.cells import Cell
+    from immunelm.leaderboard.table import make_row, per_seed
+
+    cell = Cell("evaluate", "aligned", None, "standard", {"x": 1}, tmp_path)
+    numbers = [per_seed([fake_model({"a": 0.5}, steps=s)], [cell]) for s in (40, None, 60)]
+    row = make_row("aligned", [], [0, 1, 2], numbers, [], [], [], True)
+    assert row.steps_to_target.mean is None and row.steps_to_target.values == [40, None, 60]
+    assert row.worst_harmful.n == 3  # the other numbers still average over the three seeds
+
+
+def test_a_shared_search_cell_counts_for_its_seeds(tmp_path):
+    """A training-free defence's seeds share every key: one model, counted once, and its search (run
+    on whichever seed search.seeds names) is matched to it."""
+    from immunelm.leaderboard.cells import Cell
+    from immunelm.leaderboard.schema import SearchSummary
+    from immunelm.leaderboard.table import done_seed_groups, worst_with_search
+
+    evaluate = [Cell("evaluate", "lox", seed, "standard", {"m": "lox"}, tmp_path) for seed in (0, 1, 2)]
+    search = Cell("search", "lox", 1, None, {"m": "lox", "space": "s"}, tmp_path)
+    groups = done_seed_groups([*evaluate, search], {evaluate[0].key})
+    assert [same for same, _ in groups] == [[0, 1, 2]]
+    summary = SearchSummary(seed=1, trials=5, feasible=3, best_harmful_within_bound=0.7, cell=search.key)
+    assert worst_with_search([*evaluate, search], groups, [{"worst_harmful_within_bound": 0.4}], [summary]) == [0.7]
+    assert worst_with_search([*evaluate, search], groups, [{"worst_harmful_within_bound": 0.4}], []) == []
+
+
+def test_a_search_cell_keeps_its_study_and_its_cost_across_resumes(tmp_path):
+    import optuna
+
+    from immunelm.leaderboard.cells import Cell, cell_study, earlier_seconds
+    from immunelm.search.study import make_storage
+
+    cell = Cell("search", "mlac", 0, None, {"m": "mlac"}, tmp_path)
+    assert cell_study(cell) == f"cell-{cell.key}" and earlier_seconds(cell) == 0.0
+    cell.dir.mkdir(parents=True)
+    optuna.create_study(study_name=f"mlac-{cell.key}", storage=make_storage(str(cell.dir / "study.journal")))
+    assert cell_study(cell) == f"mlac-{cell.key}"  # begun under the older row-prefixed name: kept
+    (cell.dir / "cost.json").write_text('{"seconds": 12.5, "threads": 1}')
+    assert earlier_seconds(cell) == 12.5

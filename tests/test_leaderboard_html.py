@@ -109,6 +109,19 @@ def test_pareto_front_ignores_hollow_points():
     assert {n for n, p in by_name.items() if p["front"]} == {"collapse-trap", WEIRD, "undefended"}
 
 
+def test_a_row_without_a_bounded_attack_on_some_seed_is_hollow():
+    """Seeds 0-1 had an attack within the bound, seed 2 none: the mean of the two is a number, but
+    the row is still partly "broken, not resistant" and must not join (or push others off) the front."""
+    report = make_leaderboard()
+    report.rows.append(row("partly-none", 0.05, trainability=0.95, no_attack_within_bound=True,
+                           worst_harmful_within_bound=Stat(mean=0.05, min=0.0, max=0.1, n=2, values=[0.0, 0.1, None])))
+    points = pareto_points(report)
+    mark_front(points)
+    by_name = {p["name"]: p for p in points}
+    assert by_name["partly-none"]["hollow"] and not by_name["partly-none"]["front"]
+    assert {n for n, p in by_name.items() if p["front"]} == {"collapse-trap", WEIRD, "undefended"}
+
+
 def test_page_without_search_or_rows_renders(tmp_path):
     report = make_leaderboard().model_copy(update={"rows": [], "cells": [], "complete": True})
     html = render_leaderboard(report, tmp_path).read_text()

@@ -185,6 +185,11 @@ def test_cli_search_runs_and_bad_input_is_one_line(tmp_path):
     assert record["n_complete"] == 2 and len(record["trials"]) == 2
     other = runner.invoke(app, ["search", "organism:base", "--resume", "--run-dir", str(tmp_path / "s")])
     assert other.exit_code != 0 and "--resume continues the search recorded there" in str(other.exception)
+    # a new --name / --study would open another study (from trial 0) and replace search.json: refused
+    for flag in (["--name", "renamed"], ["--study", "another"], ["--storage", str(tmp_path / "other.journal")]):
+        renamed = runner.invoke(app, ["search", "--resume", "--run-dir", str(tmp_path / "s"), *flag])
+        assert renamed.exit_code != 0 and f"{flag[0]} '{flag[1]}' differs" in str(renamed.exception), flag
+    assert json.loads((tmp_path / "s" / "search.json").read_text())["n_complete"] == 2
 
 
 def test_database_passwords_never_reach_results(monkeypatch):

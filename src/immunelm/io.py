@@ -171,8 +171,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def write_json_atomic(path: str | os.PathLike, data: Any, allow_nan: bool = True) -> None:
+    """``allow_nan=False``: a NaN/inf raises instead of writing JSON that strict readers reject."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=allow_nan) + "\n")
 
 
 def _swap_in(tmp: Path, target: Path) -> None:

@@ -70,10 +70,19 @@ def recorded_search(run_dir: Optional[Path], storage: Optional[str]) -> Optional
 
 
 def check_same_search(run_dir: Path, before: SearchConfig, now: SearchConfig, space) -> None:
-    """Refuse a resume that would attack another model, space or task than the recorded search."""
+    """Refuse a resume that would attack another model, space or task than the recorded search, or
+    that would open another study (a new --name, --study or --storage names another study, which
+    would start from trial 0 and replace the recorded search.json)."""
     from immunelm.search.space import load_space
 
     if fingerprint(before, load_space(before.space)) != fingerprint(now, space):
         raise ImmuneLMError(f"{run_dir}: --resume continues the search recorded there ({before.name} on {before.model}, "
                             f"space {before.space}); this command changes its model, space or task: "
                             "drop those options or use another --run-dir")
+    where = {"name": (before.name, now.name), "study": (before.study, now.study),
+             "storage": (before.storage, safe_url(now.storage) if now.storage else None)}
+    changed = [k for k, (was, new) in where.items() if was != new]
+    if changed:
+        was, new = where[changed[0]]
+        raise ImmuneLMError(f"{run_dir}: --resume continues the study recorded there; --{changed[0]} '{new}' differs from "
+                            f"the recorded '{was}' (another study): drop it or use another --run-dir")

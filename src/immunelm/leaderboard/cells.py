@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from immunelm.errors import ImmuneLMError
 from immunelm.io import write_json_atomic
 from immunelm.leaderboard.config import DefenceEntry, LeaderboardConfig
 
@@ -88,6 +89,9 @@ def immunise_config(lb: LeaderboardConfig, entry: DefenceEntry, seed: int):
     base["defence"] = deep_merge(base["defence"], seeded)
     cfg = load_config(ImmuniseConfig, base={**base, "organism": lb.organism.model_dump(), "smol": lb.smol.model_dump(),
                                             "cache_dir": lb.cache_dir}, label=f"defence '{entry.name}'")
+    if cfg.model != lb.model:  # the row would be another base model than its reference, anchor and task
+        raise ImmuneLMError(f"defence '{entry.name}': preset {entry.preset}: model '{cfg.model}' differs from the "
+                            f"leaderboard's model '{lb.model}'; every row immunises the leaderboard's model")
     return cfg, validate_immunise(entry.method, cfg)
 
 
@@ -160,9 +164,15 @@ def run_cell(cell: Cell, lb_json: dict, trials: int, threads: int) -> dict:
             traceback.print_exc()
             return {"key": cell.key, "ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
                     "seconds": time.perf_counter() - started}
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started + earlier_seconds(cell)
     write_json_atomic(cell.dir / "cost.json", {"seconds": seconds, "threads": threads})
     return {"key": cell.key, "ok": True, "seconds": seconds}
+
+
+def earlier_seconds(cell: Cell) -> float:
+    """A resumed or extended search cell's cost so far (its earlier parts' seconds); 0 otherwise."""
+    cost = cell.dir / "cost.json"
+    return json.loads(cost.read_text())["seconds"] if cell.kind == "search" and cost.is_file() else 0.0
 
 
 def entry_of(lb: LeaderboardConfig, row: str) -> DefenceEntry:
@@ -204,5 +214,21 @@ def _search(cell: Cell, lb: LeaderboardConfig, trials: int) -> None:
     cfg = SearchConfig(name=cell.row, model=model_source(cell), space=lb.search.space, trials=trials, workers=1,
                        threads=torch.get_num_threads(),
                        evaluation=lb.evaluation, organism=lb.organism, smol=lb.smol, cache_dir=lb.cache_dir,
-                       study=f"{cell.row}-{cell.key}")
+                       study=cell_study(cell))
     run_search(cfg, cell.dir)
+
+
+def cell_study(cell: Cell) -> str:
+    """The study of a search cell, named by its key alone, so the rows and leaderboards that share
+    the cell resume one study whatever they call it. A cell begun under the older row-prefixed
+    name (``<row>-<key>``) keeps it."""
+    journal = cell.dir / "study.journal"
+    if journal.is_file():
+        import optuna
+
+        from immunelm.search.study import make_storage
+
+        begun = [n for n in optuna.get_all_study_names(make_storage(str(journal))) if n.endswith(cell.key)]
+        if begun:
+            return begun[0]
+    return f"cell-{cell.key}"

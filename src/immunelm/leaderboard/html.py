@@ -136,15 +136,16 @@ def search_png(report: LeaderboardReport) -> bytes:
 
 # ---- Pareto ----------------------------------------------------------------------------------
 def pareto_points(report: LeaderboardReport) -> list[dict]:
-    """(x, y) = (trainability, 1 - worst harmful within ε); hollow when no attack stayed within ε
-    and y falls back to 1 - worst harmful over all attacks."""
+    """(x, y) = (trainability, 1 - worst harmful within ε); hollow when, on some seed, no attack
+    stayed within ε (y then averages the other seeds, or falls back to 1 - worst harmful over all
+    attacks when no seed had one): such a row is partly broken, not resistant."""
     points = []
     for r in report.rows:
         bounded, worst = r.worst_harmful_within_bound.mean, r.worst_harmful.mean
         harm = bounded if bounded is not None else worst
         if r.trainability.mean is None or harm is None:
             continue
-        points.append({"name": r.name, "x": r.trainability.mean, "y": 1.0 - harm, "hollow": bounded is None,
+        points.append({"name": r.name, "x": r.trainability.mean, "y": 1.0 - harm, "hollow": bounded is None or r.no_attack_within_bound,
                        "reference": r.reference})
     return points
 

@@ -30,11 +30,28 @@ def validate_leaderboard(lb: LeaderboardConfig, root: Path) -> list[Cell]:
     from immunelm.api.evaluation import EvaluateConfig, ModelSpec, validate_evaluation
 
     cells = plan(lb, root)
+    check_one_bound(lb)
     for suite in lb.suites:
         validate_evaluation(EvaluateConfig(models=[ModelSpec(name=lb.reference, source=lb.model, role="reference")],
                                            evaluation=lb.evaluation.model_copy(update={"suite": suite}),
                                            organism=lb.organism, smol=lb.smol, cache_dir=lb.cache_dir))
     return cells
+
+
+def check_one_bound(lb: LeaderboardConfig) -> None:
+    """Every suite (and the search space) must bound utility with the same epsilon and call a
+    model broken at the same threshold: a row's "worst within the bound" is a max over all of
+    them, and a max over different bounds is a number for no bound."""
+    from immunelm.attacks.suites import load_suite
+    from immunelm.search.space import load_space
+
+    bounds = {f"suite '{s}'": (load_suite(s).epsilon, load_suite(s).threshold) for s in lb.suites}
+    if lb.search.trials:
+        space = load_space(lb.search.space)
+        bounds[f"search space '{lb.search.space}'"] = (space.epsilon, space.threshold)
+    if len(set(bounds.values())) > 1:
+        listed = ", ".join(f"{k}: epsilon {e}, threshold {t}" for k, (e, t) in bounds.items())
+        raise ImmuneLMError(f"leaderboard '{lb.name}': suites and search space must share epsilon and threshold ({listed})")
 
 
 def run_leaderboard(lb: LeaderboardConfig, root: Path, cells: list[Cell] | None = None, workers: int | None = None,
@@ -60,7 +77,7 @@ def run_leaderboard(lb: LeaderboardConfig, root: Path, cells: list[Cell] | None 
     report = _report(lb, root, cells, status, results, workers, time.perf_counter() - started)
     out = root / lb.name
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "leaderboard.json", report.model_dump(mode="json"))
+    write_json_atomic(out / "leaderboard.json", report.model_dump(mode="json"), allow_nan=False)
     from immunelm.leaderboard.html import render_leaderboard
 
     render_leaderboard(report, out)
@@ -125,7 +142,7 @@ def _report(lb, root, cells, status, results, workers, wall) -> LeaderboardRepor
                           error=results.get(c.key, {}).get("error")) for c in cells]
     done = {k for k, s in status.items() if s in ("cached", "ran")}
     per_kind: dict[str, float] = {}
-    for r in records:
+    for r in {r.key: r for r in records}.values():  # a key shared by rows or seeds ran (and cost) once
         if r.seconds is not None:
             per_kind[r.kind] = per_kind.get(r.kind, 0.0) + r.seconds
     first_suite = load_suite(lb.suites[0])

@@ -178,7 +178,8 @@ def work(job: WorkerJob) -> int:
     study = optuna.load_study(study_name=job.study, storage=storage)
     # a resumed study reseeds past its trials: replaying the first draws would repeat trials 0..k
     study.sampler = optuna.samplers.TPESampler(seed=job.space.seed + job.worker + 1000 * len(study.trials),
-                                               n_startup_trials=min(10, max(1, job.trials // 5)))
+                                               n_startup_trials=min(10, max(1, job.trials // 5)),
+                                               constant_liar=True)  # Optuna 5's default, stated: workers propose apart
     target = job.build_target()
     ran, me = 0, f"{machine_id()}:{os.getpid()}"
 
