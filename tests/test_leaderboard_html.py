@@ -190,3 +190,14 @@ def test_browser_screenshot(rendered, tmp_path):
                    timeout=120, check=False)
     assert shot.is_file() and shot.stat().st_size > 20_000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cells_shared_by_rows_or_seeds_are_counted_once():
+    from immunelm.leaderboard.html import cell_summary
+
+    report = make_leaderboard()
+    shared = report.cells[1]
+    report.cells += [shared.model_copy(update={"row": "alias", "seed": s}) for s in (1, 2)]  # e.g. LoX's seeds
+    totals, kinds = cell_summary(report)
+    assert sum(totals.values()) == 4 and totals["ran"] == 1
+    assert next(k for k in kinds if k["kind"] == "evaluate")["counts"] == [1, 1, 1, 0]  # statuses in STATUSES order

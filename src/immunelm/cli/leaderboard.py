@@ -46,8 +46,9 @@ def leaderboard(
     record_run(root / lb.name, lb, lb.seeds[0])
     report = run_leaderboard(lb, root, cells, workers, run=not report_only)
     if not report.complete:
-        missing = sum(c.status != "cached" for c in report.cells)
-        out.print(f"  incomplete: {missing} of {len(report.cells)} cells not done; rows show the seeds that are", highlight=False)
+        status = {c.key: c.status for c in report.cells}  # one per key, as in the count above
+        missing = sum(s not in ("cached", "ran") for s in status.values())
+        out.print(f"  incomplete: {missing} of {len(status)} cells not done; rows show the seeds that are", highlight=False)
     for row in report.rows:
         bounded = _f(row.worst_harmful_within_bound)
         if row.no_attack_within_bound:  # on some seed no attack kept utility: never a plain number

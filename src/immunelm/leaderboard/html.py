@@ -102,12 +102,14 @@ def header(report: LeaderboardReport) -> list[tuple[str, str]]:
 
 # ---- cells and search ------------------------------------------------------------------------
 def cell_summary(report: LeaderboardReport) -> tuple[Counter, list[dict]]:
-    by_kind = Counter((c.kind, c.status) for c in report.cells)
+    """Counts per kind and status, one per key (a key shared by rows or seeds ran once)."""
+    distinct = list({c.key: c for c in report.cells}.values())
+    by_kind = Counter((c.kind, c.status) for c in distinct)
     kinds = [{"kind": k, "counts": [by_kind[(k, s)] for s in STATUSES],
               "seconds": duration(report.cell_seconds[k]) if k in report.cell_seconds else ""}
-             for k in dict.fromkeys(c.kind for c in report.cells)]
+             for k in dict.fromkeys(c.kind for c in distinct)]
     totals = Counter({s: 0 for s in STATUSES})
-    totals.update(c.status for c in report.cells)
+    totals.update(c.status for c in distinct)
     return totals, kinds
 
 
