@@ -45,7 +45,7 @@ def check_one_bound(lb: LeaderboardConfig) -> None:
     from immunelm.attacks.suites import load_suite
     from immunelm.search.space import load_space
 
-    bounds = {f"suite '{s}'": (load_suite(s).epsilon, load_suite(s).threshold) for s in lb.suites}
+    bounds = {f"suite '{name}'": (suite.epsilon, suite.threshold) for name, suite in ((n, load_suite(n)) for n in lb.suites)}
     if lb.search.trials:
         space = load_space(lb.search.space)
         bounds[f"search space '{lb.search.space}'"] = (space.epsilon, space.threshold)
