@@ -250,7 +250,7 @@ def test_a_shared_search_cell_counts_for_its_seeds(tmp_path):
 def test_a_search_cell_keeps_its_study_and_its_cost_across_resumes(tmp_path):
     import optuna
 
-    from immunelm.leaderboard.cells import Cell, cell_study, earlier_seconds
+    from immunelm.leaderboard.cells import Cell, cell_study, earlier_seconds, search_cost
     from immunelm.search.study import make_storage
 
     cell = Cell("search", "mlac", 0, None, {"m": "mlac"}, tmp_path)
@@ -260,3 +260,7 @@ def test_a_search_cell_keeps_its_study_and_its_cost_across_resumes(tmp_path):
     assert cell_study(cell) == f"mlac-{cell.key}"  # begun under the older row-prefixed name: kept
     (cell.dir / "cost.json").write_text('{"seconds": 12.5, "threads": 1}')
     assert earlier_seconds(cell) == 12.5
+    # a part killed before it wrote cost.json: its trials' seconds still count
+    (cell.dir / "search.json").write_text('{"trials": [{"seconds": 300.0}, {"seconds": 200.5}]}')
+    assert search_cost(cell, 12.5 + 5.0) == 500.5
+    assert search_cost(cell, 900.0) == 900.0

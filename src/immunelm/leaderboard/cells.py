@@ -164,7 +164,7 @@ def run_cell(cell: Cell, lb_json: dict, trials: int, threads: int) -> dict:
             traceback.print_exc()
             return {"key": cell.key, "ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
                     "seconds": time.perf_counter() - started}
-    seconds = time.perf_counter() - started + earlier_seconds(cell)
+    seconds = search_cost(cell, time.perf_counter() - started + earlier_seconds(cell))
     write_json_atomic(cell.dir / "cost.json", {"seconds": seconds, "threads": threads})
     return {"key": cell.key, "ok": True, "seconds": seconds}
 
@@ -173,6 +173,19 @@ def earlier_seconds(cell: Cell) -> float:
     """A resumed or extended search cell's cost so far (its earlier parts' seconds); 0 otherwise."""
     cost = cell.dir / "cost.json"
     return json.loads(cost.read_text())["seconds"] if cell.kind == "search" and cost.is_file() else 0.0
+
+
+def search_cost(cell: Cell, timed: float) -> float:
+    """A cell's cost; for a search, never less than its trials' summed seconds.
+
+    A part of a search that was killed wrote no ``cost.json``, but its trials survive in the
+    study and the resumed part reports them: their seconds are a lower bound on what it cost.
+    """
+    summary = cell.dir / "search.json"
+    if cell.kind != "search" or not summary.is_file():
+        return timed
+    trials = json.loads(summary.read_text()).get("trials", [])
+    return max(timed, sum(t.get("seconds") or 0.0 for t in trials))
 
 
 def entry_of(lb: LeaderboardConfig, row: str) -> DefenceEntry:
