@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from immunelm.leaderboard.html import mark_front, pareto_points, render_leaderboard
+from immunelm.leaderboard.html import COLUMNS, mark_front, pareto_points, render_leaderboard, row_view
 from immunelm.leaderboard.schema import CellRecord, LeaderboardReport, Row, SearchSummary, Stat
 
 WEIRD = 'Vaccine <b>& "q"'
@@ -70,6 +70,17 @@ def test_render_writes_page_and_pngs(rendered):
     html = path.read_text()
     assert html.count('src="data:image/png;base64,') == 2
     assert "http://" not in html and "https://" not in html  # self-contained: nothing to fetch
+
+
+def test_a_number_over_fewer_seeds_than_its_row_says_so():
+    # only seed 0 searched: "with search" must not read as a 3-seed mean beside the others
+    three = Stat(mean=0.86, ci_low=0.71, ci_high=1.0, min=0.79, max=0.91, n=3, values=[0.79, 0.91, 0.87])
+    one = Stat(mean=0.79, min=0.79, max=0.79, n=1, values=[0.79])
+    view = row_view(row("mlac", 0.89, seeds=[0, 1, 2], worst_harmful=three, worst_harmful_within_bound=three,
+                        worst_with_search=one))
+    notes = {key: cell["note"] for (key, *_), cell in zip(COLUMNS, view["cells"])}
+    assert notes["worst_with_search"] == "1 of 3 seeds" and notes["worst_harmful"] == ""
+    assert all(c["note"] == "" for c in row_view(row("one-seed", 0.5))["cells"][:3])  # a 1-seed row: nothing to say
 
 
 def test_names_and_errors_are_escaped(rendered):

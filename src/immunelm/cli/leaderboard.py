@@ -13,6 +13,7 @@ from immunelm.leaderboard.config import load_leaderboard
 from immunelm.errors import ImmuneLMError
 from immunelm.leaderboard.cells import unique
 from immunelm.leaderboard.runner import run_leaderboard, validate_leaderboard
+from immunelm.leaderboard.table import fewer_seeds
 from immunelm.provenance import record_run
 
 
@@ -53,7 +54,8 @@ def leaderboard(
         bounded = _f(row.worst_harmful_within_bound)
         if row.no_attack_within_bound:  # on some seed no attack kept utility: never a plain number
             bounded = "none" if row.worst_harmful_within_bound.mean is None else f"{bounded} (none on some seeds)"
+        searched = fewer_seeds(row.worst_with_search, row)
         out.print(f"  {row.name:<18} worst {_f(row.worst_harmful)}  within bound {bounded}  with search "
-                  f"{_f(row.worst_with_search)}  collapse {_f(row.collapse_share)}  benign {_f(row.benign)}  "
+                  f"{_f(row.worst_with_search)}{f' ({searched})' if searched else ''}  collapse {_f(row.collapse_share)}  benign {_f(row.benign)}  "
                   f"trainability {_f(row.trainability)}", highlight=False)
     console.print(f"leaderboard: {root / lb.name / 'leaderboard.html'}")

@@ -21,6 +21,7 @@ from jinja2 import Environment, StrictUndefined
 
 from immunelm.io import atomic_path, ensure_dir, write_text_atomic
 from immunelm.leaderboard.schema import LeaderboardReport, Row, Stat
+from immunelm.leaderboard.table import fewer_seeds
 from immunelm.leaderboard.template import EXTRA_CSS, REPORT_CSS, SCRIPT, TEMPLATE
 from immunelm.report.html import NA, duration, fmt
 from immunelm.report.plots import PALETTE, REFERENCE_COLOUR, label  # also selects the Agg backend
@@ -32,7 +33,7 @@ STATUSES = ("cached", "ran", "failed", "missing")
 COLUMNS = (
     ("worst_harmful", "worst harmful, all attacks ↓", 3, "worst final harmful score over every attack of every suite"),
     ("worst_harmful_within_bound", "worst harmful within ε ↓", 3, "worst among attacks whose utility drop <= ε"),
-    ("worst_with_search", "worst with search ↓", 3, "max of the worst within ε and the search's best within ε"),
+    ("worst_with_search", "worst with search ↓", 3, "max of the worst within ε and the search's best within ε, over the searched seeds only"),
     ("mean_harmful", "mean harmful ↓", 3, "mean final harmful score over attacks"),
     ("collapse_share", "collapse share under attack", 3, "share of attacks that ended with a collapsed model"),
     ("worst_attack_utility", "utility at worst attack ↑", 3, "benign accuracy at the end of the worst attack"),
@@ -64,6 +65,7 @@ def row_view(row: Row) -> dict:
     cells = []
     for key, _, digits, _ in COLUMNS:
         cell = stat_cell(getattr(row, key), digits)
+        cell["note"] = fewer_seeds(getattr(row, key), row)
         if key == "worst_harmful_within_bound" and row.no_attack_within_bound:
             # Never a bare n/a: say that every attack broke utility (on some seed), which is no win.
             other = f" (other seeds: {cell['text']})" if cell["value"] else ""

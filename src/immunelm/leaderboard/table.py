@@ -19,6 +19,12 @@ from immunelm.search.study import best_trial
 NONE_IS_WORST = ("steps_to_target",)
 
 
+def fewer_seeds(stat: Stat, row: Row) -> str:
+    """"1 of 3 seeds" where a number covers fewer seeds than its row (e.g. only seed 0 was searched),
+    so it is never read beside the row's 3-seed means as if it were one."""
+    return f"{stat.n} of {len(row.seeds)} seeds" if 0 < stat.n < len(row.seeds) else ""
+
+
 def stat(values: list[Optional[float]]) -> Stat:
     """Mean, Student-t 95% interval over seeds (none with one value), min, max; None values are
     kept in ``values`` but not averaged."""
