@@ -45,7 +45,8 @@ def check_one_bound(lb: LeaderboardConfig) -> None:
     from immunelm.attacks.suites import load_suite
     from immunelm.search.space import load_space
 
-    bounds = {f"suite '{name}'": (suite.epsilon, suite.threshold) for name, suite in ((n, load_suite(n)) for n in lb.suites)}
+    suites = {name: load_suite(name) for name in lb.suites}
+    bounds = {f"suite '{name}'": (suite.epsilon, suite.threshold) for name, suite in suites.items()}
     if lb.search.trials:
         space = load_space(lb.search.space)
         bounds[f"search space '{lb.search.space}'"] = (space.epsilon, space.threshold)
